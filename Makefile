@@ -1,0 +1,37 @@
+# Two entry points that work on a fresh machine with Python 3.11: `make repro` and `make test`.
+# Setup is idempotent: the venv is (re)installed only when requirements.txt is newer than it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup repro test test-fast ui bench clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+repro: setup  ## run the whole DVC pipeline
+	$(VENV)/bin/dvc repro
+
+test: setup  ## the whole test suite (CI runs exactly this)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## everything but the end-to-end runs
+	$(PY) -m pytest -q -m "not slow"
+
+ui: setup  ## MLflow UI over the repository's store
+	@echo "MLflow UI: http://$(HOST):$(PORT)  (Ctrl-C to stop)"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
+
+bench: setup  ## speed and memory benchmarks (print ratios)
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
