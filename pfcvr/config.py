@@ -6,9 +6,12 @@ fails at once with a message naming the dotted key, the value and what is allowe
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,53 @@ PART_CATEGORIES = ("windows", "lights", "wheels", "mirrors", "roof", "doors")
 
 class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type, or out of range."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Access recording: with PFCVR_RECORD_PARAMS=<file>, every parameter a process reads is appended to
+# that file at exit (one dotted key per line). The pipeline test uses it to prove that every key of
+# params.yaml is read by some stage and that each dvc.yaml stage lists the params it reads.
+# ----------------------------------------------------------------------------------------------
+_RECORD_FILE = os.environ.get("PFCVR_RECORD_PARAMS")
+_ACCESSED: set[str] = set()
+_PAUSED = [0]
+
+
+def _write_accessed() -> None:
+    if _ACCESSED and _RECORD_FILE:
+        stage = os.environ.get("DVC_STAGE", "")
+        with open(_RECORD_FILE, "a") as fh:
+            fh.writelines(f"{stage}\t{k}\n" for k in sorted(_ACCESSED))
+
+
+if _RECORD_FILE:
+    atexit.register(_write_accessed)
+
+
+@contextlib.contextmanager
+def _not_recorded():
+    """Reads inside this block (logging all params, repr) do not count as consumption."""
+    _PAUSED[0] += 1
+    try:
+        yield
+    finally:
+        _PAUSED[0] -= 1
+
+
+class _Section:
+    """Base of every params dataclass: records which keys are read (see above)."""
+
+    _path = ""
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        fields = object.__getattribute__(self, "__dataclass_fields__")
+        if _RECORD_FILE and not _PAUSED[0] and name in fields and \
+                not fields[name].metadata.get("internal"):
+            path = object.__getattribute__(self, "_path")
+            if not isinstance(value, _Section):
+                _ACCESSED.add(f"{path}.{name}" if path else name)
+        return value
 
 
 def _field(default, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None):
@@ -56,14 +106,14 @@ def _in_range(value: float, meta: dict) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class SplitFractions:
+class SplitFractions(_Section):
     train: float = _field(0.6, lo=0.0, hi=1.0, lo_open=True)
     val: float = _field(0.15, lo=0.0, hi=1.0)
     test: float = _field(0.25, lo=0.0, hi=1.0, lo_open=True)
 
 
 @dataclass
-class ViewMix:
+class ViewMix(_Section):
     side_left: float = _field(0.3, lo=0.0)
     side_right: float = _field(0.3, lo=0.0)
     front: float = _field(0.2, lo=0.0)
@@ -71,7 +121,7 @@ class ViewMix:
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(_Section):
     n_ids: int = _field(240, lo=6, hi=100_000)
     images_per_id: int = _field(6, lo=1, hi=100)
     captions_per_image: int = _field(2, lo=1, hi=20)
@@ -83,7 +133,7 @@ class SyntheticConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     source: str = _field("synthetic", choices=("synthetic", "t2i-veri", "t2i-verw", "cuhk-pedes"))
     root: str = _field("")
     annotations: str = _field("")
@@ -93,7 +143,7 @@ class DataConfig:
 
 
 @dataclass
-class PartsConfig:
+class PartsConfig(_Section):
     source: str = _field("annotations", choices=("annotations", "groundingdino", "prior"))
     detector: str = _field("")
     prompt: str = _field("car window. car light. car wheel. car mirror. car roof. car door.")
@@ -104,7 +154,7 @@ class PartsConfig:
 
 
 @dataclass
-class TinyBackbone:
+class TinyBackbone(_Section):
     vision_width: int = _field(192, lo=8, hi=4096)
     vision_layers: int = _field(4, lo=1, hi=64)
     vision_heads: int = _field(4, lo=1, hi=64)
@@ -116,7 +166,7 @@ class TinyBackbone:
 
 
 @dataclass
-class PartDecoderConfig:
+class PartDecoderConfig(_Section):
     layers: int = _field(2, lo=1, hi=24)
     heads: int = _field(4, lo=1, hi=64)
     ffn_dim: int = _field(512, lo=8, hi=16384)
@@ -124,13 +174,13 @@ class PartDecoderConfig:
 
 
 @dataclass
-class MLMDecoderConfig:
+class MLMDecoderConfig(_Section):
     layers: int = _field(2, lo=1, hi=24)
     heads: int = _field(4, lo=1, hi=64)
 
 
 @dataclass
-class MIMDecoderConfig:
+class MIMDecoderConfig(_Section):
     layers: int = _field(2, lo=1, hi=24)
     heads: int = _field(4, lo=1, hi=64)
     head_dim: int = _field(32, lo=4, hi=512)
@@ -138,7 +188,7 @@ class MIMDecoderConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     backbone: str = _field("tiny")
     image_size: int = _field(96, lo=16, hi=2048)
     patch_size: int = _field(12, lo=2, hi=64)
@@ -153,7 +203,7 @@ class ModelConfig:
 
 
 @dataclass
-class LossWeights:
+class LossWeights(_Section):
     sdm: float = _field(1.0, lo=0.0, hi=100.0)
     id: float = _field(0.5, lo=0.0, hi=100.0)
     mlm: float = _field(0.5, lo=0.0, hi=100.0)
@@ -162,7 +212,7 @@ class LossWeights:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = _field(8, lo=1, hi=10_000)
     batch_size: int = _field(32, lo=2, hi=65_536)
     lr: float = _field(3e-4, lo=0.0, hi=1.0, lo_open=True)
@@ -185,7 +235,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     batch_size: int = _field(128, lo=1, hi=65_536)
     chunk_size: int = _field(1024, lo=1, hi=10_000_000)
     part_fusion: float = _field(0.0, lo=0.0, hi=100.0)
@@ -193,12 +243,12 @@ class EvalConfig:
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(_Section):
     seeds: list[int] = _field([0, 1, 2])
 
 
 @dataclass
-class TuneConfig:
+class TuneConfig(_Section):
     n_trials: int = _field(8, lo=1, hi=100_000)
     timeout: float = _field(900.0, lo=0.0, lo_open=True)
     epochs: int = _field(4, lo=1, hi=10_000)
@@ -207,12 +257,12 @@ class TuneConfig:
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(_Section):
     required: bool = _field(True)
 
 
 @dataclass
-class Params:
+class Params(_Section):
     seed: int = _field(0, lo=0, hi=2**31 - 1)
     data: DataConfig = field(default_factory=DataConfig)
     parts: PartsConfig = field(default_factory=PartsConfig)
@@ -302,7 +352,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 if not _in_range(v, meta):
                     raise ConfigError(f"{key}={v!r}: {_describe_range(meta)}")
         kwargs[f.name] = value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    object.__setattr__(obj, "_path", prefix)
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,8 +394,9 @@ def deep_merge(base: dict, override: dict) -> dict:
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten params (dataclass or dict) to ``{'train.weights.mim': 0.5, ...}`` for logging."""
     if dataclasses.is_dataclass(obj):
-        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-               if not f.metadata.get("internal")}
+        with _not_recorded():
+            obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+                   if not f.metadata.get("internal")}
     out: dict[str, Any] = {}
     for k, v in obj.items():
         key = f"{prefix}.{k}" if prefix else str(k)
@@ -357,8 +410,10 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def to_dict(params: Any) -> dict:
     """Params (or a section) as plain nested dicts, without internal fields."""
     if dataclasses.is_dataclass(params):
-        return {f.name: to_dict(getattr(params, f.name)) for f in dataclasses.fields(params)
-                if not f.metadata.get("internal")}
+        with _not_recorded():
+            items = [(f.name, getattr(params, f.name)) for f in dataclasses.fields(params)
+                     if not f.metadata.get("internal")]
+        return {k: to_dict(v) for k, v in items}
     if isinstance(params, dict):
         return {k: to_dict(v) for k, v in params.items()}
     if isinstance(params, list):
@@ -411,6 +466,11 @@ def _validate_space(raw: dict, p: Params) -> None:
 
 def parse_params(raw: dict, variant: str | None = None) -> Params:
     """Validate a raw params mapping completely, then return it (merged for ``variant``)."""
+    with _not_recorded():  # validation is not consumption
+        return _parse_params(raw, variant)
+
+
+def _parse_params(raw: dict, variant: str | None) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: must be a mapping of sections")
     base = _build(Params, raw, "")
