@@ -237,7 +237,9 @@ def stage_run(stage: str, params: Params | None = None, *, variant: str | None =
         "variant": variant or "", "git_commit": git_commit(), PARENT_TAG + ".name": dvc_experiment(),
         **{k: str(v) for k, v in (tags or {}).items()}})
     handle = StageRun(client, run.info.run_id, parent_id)
-    flat = flatten(params) if params is not None else {}
+    # The ablations table is the same for every run; a variant run logs its merged params instead.
+    flat = {k: v for k, v in flatten(params).items() if not k.startswith("ablations.")} \
+        if params is not None else {}
     flat.update(extra_params or {})
     handle.log_params(flat)
     try:
