@@ -111,6 +111,12 @@ class SplitFractions(_Section):
     val: float = _field(0.15, lo=0.0, hi=1.0)
     test: float = _field(0.25, lo=0.0, hi=1.0, lo_open=True)
 
+    def __post_init__(self):  # object.__getattribute__: validation is not consumption
+        parts = {k: object.__getattribute__(self, k) for k in ("train", "val", "test")}
+        if abs(sum(parts.values()) - 1.0) > 1e-6:
+            raise ConfigError(f"data.synthetic.split={parts}: fractions must sum to 1 "
+                              f"(got {sum(parts.values()):g})")
+
 
 @dataclass
 class ViewMix(_Section):
@@ -118,6 +124,10 @@ class ViewMix(_Section):
     side_right: float = _field(0.3, lo=0.0)
     front: float = _field(0.2, lo=0.0)
     rear: float = _field(0.2, lo=0.0)
+
+    def __post_init__(self):
+        if sum(object.__getattribute__(self, k) for k in ("side_left", "side_right", "front", "rear")) <= 0:
+            raise ConfigError("data.synthetic.views: at least one view weight must be positive")
 
 
 @dataclass
@@ -162,7 +172,7 @@ class TinyBackbone(_Section):
     text_layers: int = _field(3, lo=1, hi=64)
     text_heads: int = _field(4, lo=1, hi=64)
     context_length: int = _field(48, lo=8, hi=512)
-    vocab_size: int = _field(1024, lo=300, hi=100_000)
+    vocab_size: int = _field(1024, lo=516, hi=100_000)   # >= 4 specials + 2 x 256 bytes
 
 
 @dataclass
@@ -226,6 +236,7 @@ class TrainConfig(_Section):
     device: str = _field("auto", choices=("auto", "cpu", "cuda"))
     num_workers: int = _field(0, lo=0, hi=256)
     eval_every: int = _field(1, lo=1, hi=10_000)
+    log_every: int = _field(50, lo=0, hi=10_000_000)
     hflip: float = _field(0.5, lo=0.0, hi=1.0)
     flip_masks: bool = _field(True)
     mask_ratio: float = _field(0.75, lo=0.0, hi=1.0, hi_open=True)
