@@ -98,9 +98,10 @@ def _experiment_id(client: MlflowClient) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:///"):
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
         # Keep artifacts beside the store, not in whatever folder the stage happened to run in.
-        location = (repo_root() / "mlartifacts").as_uri()
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another stage
