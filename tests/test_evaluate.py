@@ -1,0 +1,229 @@
+"""Evaluation engine and the `evaluate` stage on a tiny randomly initialised PFCVR."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pfcvr.config import load_params
+from pfcvr.data.dataset import ImageDataset, collate, load_split
+from pfcvr.engine.evaluate import (EvaluationError, applicable_fusion, cmc_table,
+                                   evaluate_retrieval, summarize_runs)
+from pfcvr.metrics import retrieval_metrics
+from tests.eval_helpers import build_tiny_model, make_split_data, write_params
+
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    params_file = write_params(root / "params.yaml", {
+        "report.seeds": list(SEEDS), "eval.topk_queries": 3, "eval.chunk_size": 5,
+        "eval.batch_size": 16, "train.device": "cpu"})
+    params = load_params(params_file, variant="full")
+    prepared, parts = make_split_data(root, params)
+    train = load_split(prepared, parts, "train")
+    test = load_split(prepared, parts, "test")
+    captions = [c for r in train.records for c in r["captions"]]
+    model = build_tiny_model(params, captions, seed=0)
+    return {"root": root, "params_file": params_file, "params": params, "prepared": prepared,
+            "parts": parts, "test": test, "captions": captions, "model": model}
+
+
+def _direct_features(model, split):
+    """Global features computed without the engine: whole split in one batch."""
+    ds = ImageDataset(split, model.image_size, model.image_size // model.grid_size)
+    batch = collate([ds[i] for i in range(len(ds))])
+    texts, qids, _ = split.captions()
+    with torch.no_grad():
+        model.eval()
+        img = F.normalize(model.encode_image(batch["images"]), dim=-1)
+        txt = F.normalize(model.encode_text(model.tokenizer(texts)), dim=-1)
+        parts_img = F.normalize(model.image_part_features(batch["images"], batch["part_masks"]), dim=-1)
+        parts_txt = F.normalize(model.text_part_queries(model.tokenizer(texts)), dim=-1)
+    return txt, img, parts_txt, parts_img, batch["part_present"], qids, batch["pids"]
+
+
+def test_metrics_equal_direct_computation_and_mode_is_restored(tiny):
+    model, split = tiny["model"], tiny["test"]
+    model.train()
+    out = evaluate_retrieval(model, split, batch_size=3, chunk_size=4, device="cpu")
+    assert model.training, "evaluate_retrieval must restore train mode"
+    txt, img, *_, qids, gids = _direct_features(model, split)
+    expected = retrieval_metrics(txt @ img.t(), qids, gids)
+    for k, v in expected.items():
+        assert out[k] == pytest.approx(v, abs=1e-9), k
+    assert out["n_queries"] == len(qids) and out["n_gallery"] == len(gids)
+    assert all(isinstance(v, float) for v in out.values())   # the trainer float()s every value
+    assert not any(k.startswith("fused_") for k in out)
+
+
+def test_part_fusion_equals_explicit_formula(tiny):
+    model, split = tiny["model"], tiny["test"]
+    w = 0.7
+    out = evaluate_retrieval(model, split, batch_size=5, chunk_size=3, device="cpu", part_fusion=w)
+    txt, img, pt, pi, present, qids, gids = _direct_features(model, split)
+    # score[q, g] = cos(t_q, v_g) + w * mean over parts k present in g of cos(q_k, p_k)
+    part_cos = torch.einsum("qkd,gkd->qgk", pt, pi)                     # [Q, G, 6]
+    pres = present.float()[None]                                        # [1, G, 6]
+    mean_part = (part_cos * pres).sum(-1) / pres.sum(-1).clamp_min(1)
+    fused = txt @ img.t() + w * mean_part
+    expected = retrieval_metrics(fused, qids, gids)
+    for k, v in expected.items():
+        assert out["fused_" + k] == pytest.approx(v, abs=1e-9), k
+    plain = retrieval_metrics(txt @ img.t(), qids, gids)
+    assert out["R1"] == pytest.approx(plain["R1"])                      # global still reported
+    assert present.any(), "fixture should have annotated parts"
+
+
+def test_part_fusion_needs_caption_context(tiny):
+    params = load_params(tiny["params_file"], variant="image_context")
+    model = build_tiny_model(params, tiny["captions"], seed=3)
+    with pytest.raises(EvaluationError, match="part_context: caption"):
+        evaluate_retrieval(model, tiny["test"], batch_size=8, chunk_size=8, device="cpu",
+                           part_fusion=0.5)
+    # plain global retrieval works for this variant; the stage drops the fusion with a note
+    out = evaluate_retrieval(model, tiny["test"], batch_size=8, chunk_size=8, device="cpu")
+    assert 0.0 <= out["R1"] <= 100.0
+    weight, note = applicable_fusion(model, 0.5)
+    assert weight == 0.0 and "part_context is image" in note
+    assert applicable_fusion(tiny["model"], 0.5) == (0.5, None)
+    assert applicable_fusion(model, 0.0) == (0.0, None)
+
+
+def test_details_cmc_and_topk_are_consistent(tiny):
+    model, split = tiny["model"], tiny["test"]
+    out = evaluate_retrieval(model, split, batch_size=8, chunk_size=None, device="cpu",
+                             details=True, topk_queries=3, topk=4)
+    cmc = np.asarray(out["cmc"])
+    assert len(cmc) == min(20, len(split))
+    assert cmc[0] == pytest.approx(out["R1"]) and cmc[4] == pytest.approx(out["R5"])
+    assert np.all(np.diff(cmc) >= 0) and cmc[-1] == pytest.approx(100.0)
+    texts, qids, q_img = split.captions()
+    assert len(out["topk"]) == 3
+    for t in out["topk"]:
+        assert t["caption"] == texts[t["query"]] and t["image_index"] == int(q_img[t["query"]])
+        assert len(t["gallery"]) == 4 and t["scores"] == sorted(t["scores"], reverse=True)
+        assert t["correct"] == [split.ids[j] == t["pid"] for j in t["gallery"]]
+    assert len({t["query"] for t in out["topk"]}) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_encoding_matches_cpu(tiny):
+    from pfcvr.engine.evaluate import encode_gallery, encode_queries
+
+    model, split = tiny["model"], tiny["test"]
+    ds = ImageDataset(split, model.image_size, model.image_size // model.grid_size)
+    texts, _, _ = split.captions()
+    feats = {}
+    for dev in ("cpu", "cuda"):
+        model.to(dev)
+        feats[dev] = (encode_gallery(model, ds, 5, dev, parts=True),
+                      encode_queries(model, texts, 5, dev, parts=True))
+        out = evaluate_retrieval(model, split, batch_size=5, chunk_size=3, device=dev,
+                                 part_fusion=0.3)
+        assert 0.0 <= out["fused_R1"] <= 100.0
+    model.to("cpu")
+    (gc, qc), (gg, qg) = feats["cpu"], feats["cuda"]
+    torch.testing.assert_close(gg.features, gc.features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gg.part_features, gc.part_features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(qg.features, qc.features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(qg.part_queries, qc.part_queries, atol=1e-4, rtol=1e-4)
+
+
+def test_summaries():
+    runs = [{"R1": 10.0, "R5": 1, "R10": 1, "mAP": 1, "mINP": 1, "fused_R1": 3.0},
+            {"R1": 20.0, "R5": 1, "R10": 1, "mAP": 1, "mINP": 1, "fused_R1": 5.0}]
+    s = summarize_runs(runs)
+    assert s["R1"] == {"mean": 15.0, "std": pytest.approx(np.std([10, 20], ddof=1)),
+                       "runs": [10.0, 20.0]}
+    assert summarize_runs(runs, metrics=("R1",), prefix="fused_")["R1"]["mean"] == 4.0
+    assert summarize_runs(runs[:1])["R1"]["std"] == 0.0
+    tsv = cmc_table({"best": [[10, 50], [20, 70]], "final": [[0, 100]]})
+    assert tsv.splitlines() == ["rank\tbest\tfinal", "1\t15.0000\t0.0000", "2\t60.0000\t100.0000"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stage_env(tiny, tmp_path_factory):
+    from pfcvr.model.io import save_model
+
+    ws = tmp_path_factory.mktemp("stage")
+    for seed in SEEDS:
+        for i, kind in enumerate(("best", "final")):
+            model = build_tiny_model(tiny["params"], tiny["captions"], seed=10 * seed + i)
+            save_model(model, ws / "models" / "full" / f"seed{seed}" / kind,
+                       {"variant": "full", "seed": seed, "epoch": 2 + i,
+                        "description": "all five losses"})
+    return ws
+
+
+def _stage_args(tiny, ws, variant="full"):
+    return ["--variant", variant, "--params", str(tiny["params_file"]),
+            "--models", str(ws / "models"), "--prepared", str(tiny["prepared"]),
+            "--parts", str(tiny["parts"]), "--reports", str(ws / "reports")]
+
+
+def test_stage_writes_metrics_plots_figures_and_mlflow_run(tiny, stage_env, monkeypatch):
+    from pfcvr.tracking import stage_runs
+    from stages import evaluate as stage
+
+    ws = stage_env
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ws / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(ws))
+    monkeypatch.chdir(ws)
+    stage.main(_stage_args(tiny, ws))
+
+    doc = json.loads((ws / "reports/metrics/full.json").read_text())
+    assert {"best", "final"} <= set(doc) and doc["seeds"] == list(SEEDS)
+    assert "best_part_fusion" not in doc               # default eval.part_fusion = 0
+    for kind in ("best", "final"):
+        for m in ("R1", "R5", "R10", "mAP", "mINP"):
+            entry = doc[kind][m]
+            assert len(entry["runs"]) == len(SEEDS)
+            assert entry["mean"] == pytest.approx(np.mean(entry["runs"]))
+            assert entry["std"] == pytest.approx(np.std(entry["runs"], ddof=1))
+    # best seed 0 equals a direct evaluation of that saved model
+    from pfcvr.model.io import load_model
+
+    m0 = load_model(ws / "models/full/seed0/best")
+    direct = evaluate_retrieval(m0, tiny["test"], batch_size=7, chunk_size=2, device="cpu")
+    assert doc["best"]["R1"]["runs"][0] == pytest.approx(direct["R1"])
+    assert doc["best"]["mAP"]["runs"][0] == pytest.approx(direct["mAP"])
+
+    with open(ws / "reports/eval/full/cmc.tsv") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert list(rows[0]) == ["rank", "best", "final"] and len(rows) == len(tiny["test"])
+    assert float(rows[0]["best"]) == pytest.approx(doc["best"]["R1"]["mean"])
+    assert float(rows[-1]["best"]) == pytest.approx(100.0)
+    for fig in ("cmc_full", "topk_full"):
+        assert (ws / f"reports/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    card = (ws / "reports/eval/full/model_card.md").read_text()
+    assert "all five losses" in card and "| best |" in card
+
+    runs = [r for r in stage_runs("evaluate@full")]
+    assert runs and runs[0]["status"] == "FINISHED"
+    metrics = runs[0]["metrics"]
+    assert metrics["best/R1_mean"] == pytest.approx(doc["best"]["R1"]["mean"])
+    assert metrics["final/seed1/mAP"] == pytest.approx(doc["final"]["mAP"]["runs"][1])
+    assert runs[0]["params"]["eval.chunk_size"] == "5"
+
+
+def test_stage_names_missing_models(tiny, stage_env):
+    import shutil
+
+    from stages import evaluate as stage
+
+    # only seed 0 of the variant was trained: the two seed-1 folders are named, before any work
+    shutil.copytree(stage_env / "models/full/seed0", stage_env / "models/no_part/seed0")
+    with pytest.raises(FileNotFoundError, match=r"2 model folder\(s\) missing.*seed1/best"):
+        stage.main(_stage_args(tiny, stage_env, variant="no_part"))
+    assert not (stage_env / "reports/metrics/no_part.json").exists()
