@@ -223,9 +223,9 @@ class LossWeights(_Section):
 
 @dataclass
 class TrainConfig(_Section):
-    epochs: int = _field(8, lo=1, hi=10_000)
+    epochs: int = _field(3, lo=1, hi=10_000)
     batch_size: int = _field(32, lo=2, hi=65_536)
-    lr: float = _field(3e-4, lo=0.0, hi=1.0, lo_open=True)
+    lr: float = _field(1e-3, lo=0.0, hi=1.0, lo_open=True)
     lr_new_modules: float = _field(5.0, lo=0.0, hi=1000.0, lo_open=True)
     lr_bias: float = _field(2.0, lo=0.0, hi=1000.0, lo_open=True)
     weight_decay: float = _field(4e-5, lo=0.0, hi=1.0)
@@ -235,6 +235,7 @@ class TrainConfig(_Section):
     precision: str = _field("fp32", choices=("fp32", "bf16", "fp16"))
     device: str = _field("auto", choices=("auto", "cpu", "cuda"))
     num_workers: int = _field(0, lo=0, hi=256)
+    cpu_threads: int = _field(1, lo=0, hi=1024)
     eval_every: int = _field(1, lo=1, hi=10_000)
     log_every: int = _field(50, lo=0, hi=10_000_000)
     hflip: float = _field(0.5, lo=0.0, hi=1.0)

@@ -1,0 +1,258 @@
+"""Training-step cost of PFCVR: baseline (SDM + ID) versus full (all five losses).
+
+For each configuration (``tiny`` = the model section of params.yaml, ``paper`` = ViT-B/16 at
+384 px with the official head sizes, random weights: pfcvr/model/presets.py) it builds one model,
+then times training steps (forward, backward, fused Adam step) on a random batch in the training
+batch contract, with only the SDM and ID losses (baseline: the other branches are skipped, as a
+zero weight does in training) and with all five (full). The timed steps alternate between the two
+runs, so that a shared machine's load changes hit both alike. It prints the median milliseconds
+per step with the forward / backward / optimizer split, the peak memory of each run's warm-up
+(process RSS on CPU, allocated CUDA memory on GPU), and the full/baseline ratio. The last line is ``full/baseline step ratio: <x>`` for the
+tiny configuration (or the one configuration asked for).
+
+    python benchmarks/train_step.py                       # both configs, device auto
+    python benchmarks/train_step.py --config tiny --steps 20
+    python benchmarks/train_step.py --config paper --device cuda
+
+The paper configuration on a CPU takes minutes (and ~10 GB): it defaults to 1 warm-up + 2 steps
+there. Timings are never asserted in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import string
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from pfcvr.config import PART_CATEGORIES, LossWeights, load_params  # noqa: E402
+from pfcvr.data.tokenizer import Tokenizer  # noqa: E402
+from pfcvr.model import build_model  # noqa: E402
+from pfcvr.model.presets import preset  # noqa: E402
+
+FULL = LossWeights(sdm=1.0, id=0.5, mlm=0.5, mim=0.5, part=0.2)   # official weights
+BASE = LossWeights(sdm=1.0, id=0.5, mlm=0.0, mim=0.0, part=0.0)
+
+
+def random_corpus(n_words: int, seed: int = 0) -> list[str]:
+    """Captions of random letter words: enough distinct pairs for a large BPE vocabulary."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(7, 10)))
+             for _ in range(n_words)]
+    return [" ".join(words[i:i + 20]) for i in range(0, n_words, 20)]
+
+
+def random_batch(model, batch_size: int, n_classes: int, device, seed: int = 0) -> dict:
+    """A batch in the training contract: images, captions (25-59 words or as long as fits),
+    pids with positives, part masks from random boxes on the patch grid, some parts absent."""
+    g = torch.Generator().manual_seed(seed)
+    tok, grid, size = model.tokenizer, model.grid_size, model.image_size
+    ids = torch.zeros(batch_size, tok.context_length, dtype=torch.long)
+    ordinary = torch.tensor([i for i in range(tok.vocab_size) if i not in tok.special_ids])
+    hi = min(59, tok.context_length - 2)
+    for b in range(batch_size):
+        n = int(torch.randint(min(25, hi), hi + 1, (1,), generator=g))
+        ids[b, 0] = tok.sot_id
+        ids[b, 1:1 + n] = ordinary[torch.randint(len(ordinary), (n,), generator=g)]
+        ids[b, 1 + n] = tok.eot_id
+    k = len(PART_CATEGORIES)
+    lo = torch.randint(0, grid // 2, (batch_size, k, 2), generator=g)
+    span = torch.randint(1, grid // 2 + 1, (batch_size, k, 2), generator=g)
+    ar = torch.arange(grid)
+    rows = (ar >= lo[..., :1]) & (ar < lo[..., :1] + span[..., :1])       # [B, K, G]
+    cols = (ar >= lo[..., 1:]) & (ar < lo[..., 1:] + span[..., 1:])
+    masks = (rows.unsqueeze(-1) & cols.unsqueeze(-2)).flatten(2)            # [B, K, G*G]
+    present = torch.rand(batch_size, k, generator=g) < 0.6
+    present[:, 0] = True
+    masks &= present.unsqueeze(-1)
+    batch = {"images": torch.randn(batch_size, 3, size, size, generator=g),
+             "caption_ids": ids,
+             "pids": torch.arange(batch_size) // 2 % n_classes,
+             "part_masks": masks, "part_present": present,
+             "image_index": torch.arange(batch_size)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms while active."""
+
+    def __init__(self):
+        self.peak, self._stop, self._proc = 0, threading.Event(), psutil.Process(os.getpid())
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def train_step(model, opt, batch, weights, device, precision) -> tuple[float, float, float]:
+    """One training step; seconds of (forward incl. loss, backward, optimizer)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+           else contextlib.nullcontext())
+    sync()
+    t0 = time.perf_counter()
+    with amp:
+        out = model(batch, weights=weights, mask_ratio=0.75, text_mask_ratio=0.15,
+                    mim_mask="part")
+    loss = out["loss"]
+    loss.item()                        # the training loop logs it: include the sync
+    t1 = time.perf_counter()
+    loss.backward()
+    sync()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync()
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def trained_parameters(model, batch, weights, device, precision) -> list:
+    """The parameters a run with ``weights`` trains (a skipped branch's get no gradient), so its
+    fused Adam covers exactly those, as a model built without the branch would have."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        model(batch, weights=weights, mask_ratio=0.75, text_mask_ratio=0.15,
+              mim_mask="part")["loss"].backward()
+    trained = [p for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return trained
+
+
+def measure(model, batch, runs: dict, device, precision, warmup: int, steps: int) -> dict:
+    """Per run: peak memory over its warm-up steps (runs one after the other, each with only its
+    own optimizer state alive), then median step times over ``steps`` steps taken alternately
+    (baseline, full, baseline, ...), so that both see the same machine load.
+
+    Returns {label: (n_params, peak_bytes, [step_ms, fwd_ms, bwd_ms, opt_ms])}.
+    """
+    adam = dict(lr=1e-5, eps=1e-3, weight_decay=4e-5, fused=True)
+    params = {k: trained_parameters(model, batch, w, device, precision) for k, w in runs.items()}
+    peaks = {}
+    for label, weights in runs.items():
+        opt = torch.optim.Adam(params[label], **adam)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with PeakRSS() as rss:
+            for _ in range(max(warmup, 1)):
+                train_step(model, opt, batch, weights, device, precision)
+        peaks[label] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                        else rss.peak)
+        del opt
+    opts = {k: torch.optim.Adam(p, **adam) for k, p in params.items()}
+    for label, weights in runs.items():            # allocates the Adam state: not timed
+        train_step(model, opts[label], batch, weights, device, precision)
+    times = {k: [] for k in runs}
+    for _ in range(steps):
+        for label, weights in runs.items():
+            times[label].append(train_step(model, opts[label], batch, weights, device, precision))
+    out = {}
+    for label, rows in times.items():
+        fwd, bwd, opt_s = (statistics.median(col) for col in zip(*rows))
+        step = statistics.median(sum(r) for r in rows)
+        n = sum(p.numel() for p in params[label])
+        out[label] = (n, peaks[label], [1000 * x for x in (step, fwd, bwd, opt_s)])
+    return out
+
+
+def run_config(name: str, args, device) -> float:
+    overrides = dict(_parse_set(item) for item in args.set)
+    params = load_params(args.params, overrides=overrides)
+    cfg = params.model if name == "tiny" else preset("paper")
+    batch_size = args.batch_size or (params.train.batch_size if name == "tiny" else 5)
+    on_cpu = device.type == "cpu"
+    warmup = args.warmup if args.warmup is not None else (1 if name == "paper" and on_cpu else 3)
+    steps = args.steps if args.steps is not None else (2 if name == "paper" and on_cpu else 10)
+    precision = args.precision or ("fp32" if on_cpu else "bf16")
+    t0 = time.perf_counter()
+    if cfg.backbone != "tiny":
+        raise SystemExit(f"{args.params}: model.backbone={cfg.backbone!r}; this benchmark builds "
+                         f"random-weight models through the tiny path only")
+    vocab = cfg.tiny.vocab_size
+    tok = Tokenizer.train(random_corpus(20_000 if vocab > 5000 else 2_000), vocab,
+                          cfg.tiny.context_length)
+    torch.manual_seed(0)
+    n_classes = 1257 if name == "paper" else 100       # ~70 % of T2I-VeRW's ids, as the reference
+    model = build_model(cfg, n_classes, tok).to(device).train()
+    batch = random_batch(model, batch_size, n_classes, device)
+    t = cfg.tiny
+    print(f"== {name} config: vision {t.vision_width}x{t.vision_layers}, text "
+          f"{t.text_width}x{t.text_layers}, {cfg.image_size} px / patch {cfg.patch_size} "
+          f"({model.grid_size ** 2} patches), vocab {tok.vocab_size}, B={batch_size}, on {device} "
+          f"({precision}, {torch.get_num_threads()} threads); built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"{'run':9s}{'losses':22s}{'params':>9s}{'step ms':>10s}{'fwd':>9s}{'bwd':>9s}"
+          f"{'opt':>8s}{'peak mem':>11s}", flush=True)
+    runs = {"baseline": BASE, "full": FULL}
+    results = measure(model, batch, runs, device, precision, warmup, steps)
+    for label, weights in runs.items():
+        n_params, peak, (step, fwd, bwd, optm) = results[label]
+        active = [n for n in ("sdm", "id", "mlm", "mim", "part") if getattr(weights, n) > 0]
+        print(f"{label:9s}{'+'.join(active):22s}{n_params / 1e6:8.1f}M{step:10.0f}{fwd:9.0f}"
+              f"{bwd:9.0f}{optm:8.0f}{peak / 2**30:9.2f} GB", flush=True)
+    ratio = results["full"][2][0] / results["baseline"][2][0]
+    print(f"{name}: per run {max(warmup, 1)} warm-up (peak memory) + 1 untimed + {steps} timed "
+          f"steps, timed steps alternating between the runs (medians)", flush=True)
+    return ratio
+
+
+def _parse_set(item: str):
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", choices=("tiny", "paper", "both"), default="both")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; paper on "
+                    "CPU 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; "
+                    "paper on CPU 1)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: train.batch_size for tiny, 5 (official) for paper")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                    help="default fp32 on CPU, bf16 autocast on GPU")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params.yaml key for the tiny config, e.g. "
+                         "--set model.mlm_decoder.layers=1 (repeatable)")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    # tiny first: peak RSS is a process-wide high-water mark, so a config measured after a larger
+    # one would report the larger one's peak.
+    names = ("tiny", "paper") if args.config == "both" else (args.config,)
+    ratios = {}
+    for name in names:
+        ratios[name] = run_config(name, args, device)
+        print(f"{name} full/baseline step ratio: {ratios[name]:.2f}", flush=True)
+    print(f"full/baseline step ratio: {ratios[names[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
