@@ -94,6 +94,8 @@ def train_history_figure(rows: list[dict], path, title: str = "training") -> Non
     ``rows``: history rows (``seed``, ``epoch``, ``loss``, ``sdm`` ... ``part``, ``val_R1``);
     one line per seed; a term that is None in every row (branch off) gets no panel.
     """
+    from matplotlib.ticker import MaxNLocator
+
     terms = [k for k in ("loss", "sdm", "id", "mlm", "mim", "part", "val_R1")
              if any(r.get(k) is not None for r in rows)]
     labels = {"loss": "weighted total loss", "val_R1": "val Rank-1 (%)"}
@@ -109,6 +111,7 @@ def train_history_figure(rows: list[dict], path, title: str = "training") -> Non
                 ax.plot(xs, ys, marker="o", markersize=3, label=f"seed {seed}")
         ax.set_title(labels.get(key, f"{key} loss (unweighted)"), fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
