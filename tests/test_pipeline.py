@@ -1,0 +1,208 @@
+"""End to end: the real DVC pipeline on a tiny config, in a temporary copy of the repository.
+
+One module-scoped `dvc repro` feeds every test here:
+- every stage's outputs exist and hold sane values;
+- every key of params.yaml is read by some stage, and each stage lists in dvc.yaml the params it
+  reads (config.py records reads when PFCVR_RECORD_PARAMS is set; dvc.lock says what DVC tracks);
+- MLflow holds one parent run with the nested stage runs, seen through a real `mlflow server`'s REST
+  API and in headless Chromium;
+- `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
+  `dvc exp show` and as a new MLflow parent run; a queued experiment writes to the same store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pfcvr.config import PART_CATEGORIES, read_raw, set_dotted
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+# A tiny but complete configuration: every stage and branch runs, in about a minute per repro.
+TINY = {
+    "data.synthetic.n_ids": 30,
+    "data.synthetic.images_per_id": 4,
+    "data.synthetic.family_size": 3,
+    "model.tiny.vision_width": 64, "model.tiny.vision_layers": 2, "model.tiny.vision_heads": 2,
+    "model.tiny.text_width": 64, "model.tiny.text_layers": 2, "model.tiny.text_heads": 2,
+    "model.tiny.vocab_size": 600, "model.embed_dim": 64,
+    "model.part_decoder": {"layers": 1, "heads": 2, "ffn_dim": 64, "dropout": 0.1},
+    "model.mlm_decoder": {"layers": 1, "heads": 2},
+    "model.mim_decoder": {"layers": 1, "heads": 2, "head_dim": 16, "ffn_dim": 64},
+    "train.epochs": 2, "train.batch_size": 16,
+    "report.seeds": [0, 1],
+    "tune.n_trials": 2, "tune.epochs": 1,
+}
+# Keep three variants: the reference, one without a loss, one with an official-code switch.
+VARIANTS = ("full", "no_part", "random_mim")
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n"
+                             f"{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+def copy_project(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("reports/", "tests/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline")
+    copy_project(repo)
+    raw = read_raw(repo / "params.yaml")
+    for key, value in TINY.items():
+        set_dotted(raw, key, value)
+    raw["ablations"] = {k: v for k, v in raw["ablations"].items() if k in VARIANTS}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    record = repo / "params_read.tsv"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_", "OPTUNA_"))}
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PFCVR_RECORD_PARAMS=str(record),
+               MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", PYTHONUNBUFFERED="1")
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
+    out = run([str(BIN / "dvc"), "repro"], repo, env, timeout=1800)
+    return {"repo": repo, "env": env, "record": record, "log": out.stdout + out.stderr}
+
+
+def test_outputs_exist_and_are_sane(pipeline):
+    repo = pipeline["repo"]
+    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    assert {r["split"] for r in manifest} == {"train", "val", "test"}
+    parts = json.loads((repo / "data/parts/parts.json").read_text())
+    assert parts["categories"] == list(PART_CATEGORIES) and len(parts["images"]) == len(manifest)
+    for variant in VARIANTS:
+        metrics = json.loads((repo / f"reports/metrics/{variant}.json").read_text())
+        r1 = metrics["best"]["R1"]
+        assert len(r1["runs"]) == 2 and all(0.0 <= x <= 100.0 for x in r1["runs"])
+        for seed in (0, 1):
+            assert (repo / f"models/{variant}/seed{seed}/best/config.json").is_file()
+            assert (repo / f"models/{variant}/seed{seed}/final/config.json").is_file()
+        assert (repo / f"reports/figures/topk_{variant}.png").is_file()
+    ablation = json.loads((repo / "reports/ablation.json").read_text())
+    assert set(ablation) == set(VARIANTS)
+    assert "no_part" in (repo / "reports/ablation.md").read_text()
+    summary = json.loads((repo / "reports/tune/summary.json").read_text())
+    assert summary["n_trials"] >= 2 and summary["command"].startswith("dvc exp run -S")
+    for fig in ("data_samples", "part_pairs", "ablation", "tune_history", "train_full"):
+        assert (repo / f"reports/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted leaves of params.yaml; a mapping-valued parameter (ablations, tune.space) is a leaf."""
+    keys = set()
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and key not in ("ablations", "tune.space"):
+            keys |= _leaf_keys(v, key)
+        else:
+            keys.add(key)
+    return keys
+
+
+def _reads(record: Path) -> dict[str, set[str]]:
+    by_stage: dict[str, set[str]] = {}
+    for line in record.read_text().splitlines():
+        stage, key = line.split("\t")
+        by_stage.setdefault(stage, set()).add(key)
+    return by_stage
+
+
+def test_every_param_is_read(pipeline):
+    raw = read_raw(pipeline["repo"] / "params.yaml")
+    reads = set().union(*_reads(pipeline["record"]).values())
+    unread = sorted(_leaf_keys(raw) - reads)
+    assert not unread, f"params.yaml keys that no stage reads (dead -S knobs): {unread}"
+
+
+def test_each_stage_lists_the_params_it_reads(pipeline):
+    lock = yaml.safe_load((pipeline["repo"] / "dvc.lock").read_text())["stages"]
+    for stage, keys in _reads(pipeline["record"]).items():
+        assert stage in lock, f"params read outside a DVC stage: {stage}"
+        tracked = set()
+        for section in lock[stage].get("params", {}).values():
+            tracked |= set(section)
+        for key in keys:
+            assert any(key == t or key.startswith(t + ".") for t in tracked), \
+                f"stage {stage} reads {key} but dvc.yaml does not list it (lists {sorted(tracked)})"
+
+
+def test_mlflow_runs_and_ui(pipeline, tmp_path):
+    from pfcvr.uicheck import MlflowServer, check_ui, chromium_binary
+
+    store = f"sqlite:///{pipeline['repo'] / 'mlflow.db'}"
+    with MlflowServer(store) as server:
+        exp = server.api("experiments/get-by-name?experiment_name=pfcvr")["experiment"]
+        runs = server.api("runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                          "max_results": 500})["runs"]
+    names = {r["info"]["run_name"] for r in runs}
+    expected = {"workspace", "prepare", "parts", "report", "tune"}
+    expected |= {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
+    assert expected <= names, f"missing runs: {expected - names}"
+    parent = next(r for r in runs if r["info"]["run_name"] == "workspace")["info"]["run_id"]
+    for r in runs:
+        tags = {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+        if r["info"]["run_name"] in expected - {"workspace"}:
+            assert tags.get("mlflow.parentRunId") == parent
+    trials = [r for r in runs if r["info"]["run_name"].startswith("trial ")]
+    assert len(trials) >= 2
+    try:
+        chromium_binary()
+    except RuntimeError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("Chromium is not installed (make browser)")
+    found = check_ui(store, ("full", "no_part"), screenshot_path=tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    assert found["evaluate@full"]["metrics"] > 0
+
+
+def test_dvc_exp_run_set_param(pipeline):
+    repo, env = pipeline["repo"], pipeline["env"]
+    dvc = str(BIN / "dvc")
+    out = run([dvc, "exp", "run", "-S", "train.mask_ratio=0.3", "-n", "mask03"], repo, env,
+              timeout=1800)
+    log = out.stdout + out.stderr
+    # Only the stages that read train.* (and what depends on them) re-run.
+    assert "Running stage 'train@full'" in log and "Running stage 'report'" in log
+    assert "Running stage 'prepare'" not in log and "Running stage 'parts'" not in log
+    shown = json.loads(run([dvc, "exp", "show", "--json"], repo, env).stdout)
+    text = json.dumps(shown)
+    assert "mask03" in text and "0.3" in text
+    from pfcvr import tracking
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    try:
+        client = tracking._client()
+        exp_id = tracking._experiment_id(client)
+        parents = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = 'mask03'")
+        assert len(parents) == 1
+        nested = client.search_runs([exp_id], filter_string=
+                                    f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+        nested_names = {r.info.run_name for r in nested}
+        assert {"train@full", "evaluate@full", "report"} <= nested_names
+        assert "prepare" not in nested_names
+        params = next(r for r in nested if r.info.run_name == "train@full").data.params
+        assert float(params["train.mask_ratio"]) == 0.3
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
