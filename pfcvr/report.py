@@ -80,8 +80,33 @@ def verdicts(deltas: dict, descriptions: dict[str, str], metric: str = "R1") -> 
     return lines
 
 
+def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
+              reference: str = REFERENCE) -> list[str]:
+    """Why effects do or do not show, judged against the data's attribute oracle (DESIGN.md)."""
+    if reference not in table:
+        return []
+    r1 = table[reference]["R1"]["mean"]
+    lines = []
+    glob, full = oracle.get("oracle_global_R1"), oracle.get("oracle_all_R1")
+    if glob is not None and r1 < glob:
+        lines.append(f"- `{reference}` reaches test R1 {r1:.1f}, below the attribute oracle that uses "
+                     f"only type and colour ({glob:.1f}; all attributes: {full:.1f}). The model has "
+                     "not yet learned even the global attributes, so a part-level component cannot "
+                     "show its effect here: the benchmark is not too easy, the training is too "
+                     "short. Train longer (`train.epochs`) or larger (`model.tiny.*`) to measure it.")
+    elif glob is not None and full is not None:
+        share = (r1 - glob) / max(full - glob, 1e-9)
+        lines.append(f"- `{reference}` reaches test R1 {r1:.1f}: {100 * share:.0f} % of the way from "
+                     f"the type-and-colour oracle ({glob:.1f}) to the all-attributes oracle "
+                     f"({full:.1f}), the room that part perception can win.")
+    if deltas and all(d["R1"]["within_noise"] for d in deltas.values()):
+        lines.append("- No variant differs from `full` by more than the seed noise in R1.")
+    return lines
+
+
 def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
-                      setup: list[str], final_table: dict | None = None) -> str:
+                      setup: list[str], final_table: dict | None = None,
+                      findings: list[str] = ()) -> str:
     """The whole reports/ablation.md text."""
     head = "| variant | what | " + " | ".join(METRICS) + " | ΔR1 vs full | ΔmAP vs full |"
     rule = "|---" * (len(METRICS) + 4) + "|"
@@ -100,6 +125,8 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
              "## Setup", "", *setup, "",
              "## Results (best-on-val checkpoint)", "", head, rule, *rows, "",
              "## What each component does here", "", *verdicts(deltas, descriptions), ""]
+    if findings:
+        parts += ["## Reading the numbers", "", *findings, ""]
     if final_table:
         parts += ["## Final-epoch checkpoint (for reference)", "",
                   "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]

@@ -13,7 +13,8 @@ from pathlib import Path
 from pfcvr import viz
 from pfcvr.config import load_params, variant_description
 from pfcvr.io import read_json, write_json, write_text
-from pfcvr.report import METRICS, ablation_json, ablation_markdown, collect, compare
+from pfcvr.report import (METRICS, ablation_json, ablation_markdown, collect, compare,
+                          diagnosis)
 from pfcvr.tracking import stage_run
 
 METRICS_DIR = Path("reports/metrics")
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         table = collect(variants, METRICS_DIR, "best")
         final = collect(variants, METRICS_DIR, "final")
         deltas = compare(table)
+        oracle = read_json(DATA_STATS) if DATA_STATS.is_file() else {}
         md = ablation_markdown(table, deltas, descriptions,
-                               setup_lines(params, len(params.report.seeds)), final)
+                               setup_lines(params, len(params.report.seeds)), final,
+                               diagnosis(table, deltas, oracle))
         write_text(OUT_MD, md)
         write_json(OUT_JSON, ablation_json(table, deltas))
         viz.ablation_figure(table, OUT_FIG)

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     with stage_run("tune", params) as run:
         study = run_study(params, "params.yaml", root, train_fn=train_fn, run=run)
         summary = summarize(study)
-        summary["storage"] = redact(storage_url(root))
+        # Relative to the repository, so the committed summary holds no machine-specific path.
+        summary["storage"] = redact(storage_url(root)).replace(f"{root}/", "<repo>/")
         imp = importances(study)
         summary["importance"] = imp
         trials = [{"number": t.number, "value": t.value, "state": t.state.name,

@@ -63,3 +63,16 @@ def test_ablation_figure_writes_png(tmp_path):
     out = tmp_path / "fig.png"
     viz.ablation_figure(collect(["full", "baseline"], tmp_path), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnosis_against_the_attribute_oracle(tmp_path):
+    from pfcvr.report import diagnosis
+    _write(tmp_path, "full", [9.0, 10.0, 11.0], [12.0, 12.5, 13.0])
+    _write(tmp_path, "no_part", [9.5, 10.0, 10.5], [12.0, 12.5, 13.0])
+    table = collect(["full", "no_part"], tmp_path)
+    deltas = compare(table)
+    low = diagnosis(table, deltas, {"oracle_global_R1": 20.0, "oracle_all_R1": 90.0})
+    assert "below the attribute oracle" in low[0] and "training is too short" in low[0]
+    assert "No variant differs" in low[1]
+    high = diagnosis(table, deltas, {"oracle_global_R1": 5.0, "oracle_all_R1": 85.0})
+    assert "6 % of the way" in high[0]  # (10 - 5) / (85 - 5)
