@@ -103,6 +103,21 @@ def forward_kwargs(params):
             "text_mask_ratio": cfg.text_mask_ratio, "mim_mask": cfg.mim_mask}
 
 
+
+def join_world(rank: int, world: int, port: int):
+    """One CPU process of a gloo world of ``world`` ranks (a world of one needs no rendezvous)."""
+    import os
+
+    from pfcvr.engine import distributed as D
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                          LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    info = D.env_info()
+    D.init(torch.device("cpu"), info)
+    return info
+
 def ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
     """One rank of the two-process test (also world=1, rank=0 for the single-process reference).
 
@@ -115,12 +130,7 @@ def ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
     from pfcvr.engine import distributed as D
     from pfcvr.engine.train import EpochLoader, Trainer, seed_everything
 
-    torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                          LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    info = D.env_info()
-    D.init(torch.device("cpu"), info)
+    info = join_world(rank, world, port)
     try:
         params = train_cfg(epochs=1, batch_size=8, grad_clip=0.0)
         seed_everything(0)
@@ -214,12 +224,7 @@ def ddp_real_worker(rank: int, world: int, port: int, project: str, workdir: str
     from pfcvr.engine.train import EpochLoader, Trainer, forward_kwargs as fwd, seed_everything
     from pfcvr.model import build_model, build_tokenizer
 
-    torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                          LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    info = D.env_info()
-    D.init(torch.device("cpu"), info)
+    info = join_world(rank, world, port)
     try:
         root = Path(project)
         params = load_params(root / "params.yaml", overrides={
