@@ -132,7 +132,7 @@ class ViewMix(_Section):
 
 @dataclass
 class SyntheticConfig(_Section):
-    n_ids: int = _field(240, lo=6, hi=100_000)
+    n_ids: int = _field(200, lo=6, hi=100_000)
     images_per_id: int = _field(6, lo=1, hi=100)
     captions_per_image: int = _field(2, lo=1, hi=20)
     image_size: int = _field(96, lo=32, hi=1024)
@@ -165,36 +165,36 @@ class PartsConfig(_Section):
 
 @dataclass
 class TinyBackbone(_Section):
-    vision_width: int = _field(192, lo=8, hi=4096)
-    vision_layers: int = _field(4, lo=1, hi=64)
-    vision_heads: int = _field(4, lo=1, hi=64)
-    text_width: int = _field(128, lo=8, hi=4096)
-    text_layers: int = _field(3, lo=1, hi=64)
-    text_heads: int = _field(4, lo=1, hi=64)
+    vision_width: int = _field(64, lo=8, hi=4096)
+    vision_layers: int = _field(2, lo=1, hi=64)
+    vision_heads: int = _field(2, lo=1, hi=64)
+    text_width: int = _field(64, lo=8, hi=4096)
+    text_layers: int = _field(2, lo=1, hi=64)
+    text_heads: int = _field(2, lo=1, hi=64)
     context_length: int = _field(48, lo=8, hi=512)
     vocab_size: int = _field(1024, lo=516, hi=100_000)   # >= 4 specials + 2 x 256 bytes
 
 
 @dataclass
 class PartDecoderConfig(_Section):
-    layers: int = _field(2, lo=1, hi=24)
-    heads: int = _field(4, lo=1, hi=64)
-    ffn_dim: int = _field(512, lo=8, hi=16384)
+    layers: int = _field(1, lo=1, hi=24)
+    heads: int = _field(2, lo=1, hi=64)
+    ffn_dim: int = _field(128, lo=8, hi=16384)
     dropout: float = _field(0.1, lo=0.0, hi=1.0, hi_open=True)
 
 
 @dataclass
 class MLMDecoderConfig(_Section):
-    layers: int = _field(2, lo=1, hi=24)
-    heads: int = _field(4, lo=1, hi=64)
+    layers: int = _field(1, lo=1, hi=24)
+    heads: int = _field(2, lo=1, hi=64)
 
 
 @dataclass
 class MIMDecoderConfig(_Section):
-    layers: int = _field(2, lo=1, hi=24)
-    heads: int = _field(4, lo=1, hi=64)
+    layers: int = _field(1, lo=1, hi=24)
+    heads: int = _field(2, lo=1, hi=64)
     head_dim: int = _field(32, lo=4, hi=512)
-    ffn_dim: int = _field(512, lo=8, hi=16384)
+    ffn_dim: int = _field(128, lo=8, hi=16384)
 
 
 @dataclass
@@ -202,7 +202,7 @@ class ModelConfig(_Section):
     backbone: str = _field("tiny")
     image_size: int = _field(96, lo=16, hi=2048)
     patch_size: int = _field(12, lo=2, hi=64)
-    embed_dim: int = _field(128, lo=8, hi=4096)
+    embed_dim: int = _field(64, lo=8, hi=4096)
     tiny: TinyBackbone = field(default_factory=TinyBackbone)
     temperature: float = _field(0.07, lo=0.0, hi=10.0, lo_open=True)
     part_context: str = _field("caption", choices=("caption", "image"))
@@ -261,9 +261,9 @@ class ReportConfig(_Section):
 
 @dataclass
 class TuneConfig(_Section):
-    n_trials: int = _field(8, lo=1, hi=100_000)
+    n_trials: int = _field(4, lo=1, hi=100_000)
     timeout: float = _field(900.0, lo=0.0, lo_open=True)
-    epochs: int = _field(4, lo=1, hi=10_000)
+    epochs: int = _field(2, lo=1, hi=10_000)
     sampler_seed: int = _field(0, lo=0)
     space: dict[str, list[float]] = _field({})
 
