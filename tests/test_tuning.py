@@ -73,7 +73,7 @@ def test_trial_params_apply_point_and_epochs():
 def test_study_name_depends_on_fixed_setup_only():
     a = load_params("params.yaml")
     b = load_params("params.yaml", overrides={"tune.n_trials": 99, "report.seeds": [5]})
-    c = load_params("params.yaml", overrides={"train.lr": 1e-3})
+    c = load_params("params.yaml", overrides={"train.lr": 5e-4})
     assert study_name(a) == study_name(b) != study_name(c)
 
 
