@@ -5,14 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `dvc plots show/diff` page with vega inlined; .dvc/config's plots.html_template points here.
+PLOTS_TEMPLATE := .cache/dvc-plots/template.html
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 # dvc.yaml commands run `python -m stages.<name>`: make it the venv's python.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
+TUNE_PORT ?= 8080
 
-.PHONY: setup browser repro test test-fast ui ui-check bench
+.PHONY: setup browser repro test test-fast ui ui-check tune-ui bench
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +23,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Built from the npm packages pinned in pfcvr/plots_template.py; rebuilt only when that file changes.
+$(PLOTS_TEMPLATE): pfcvr/plots_template.py | $(STAMP)
+	$(PY) -m pfcvr.plots_template
+
+setup: $(STAMP) $(PLOTS_TEMPLATE)
 
 repro: setup  ## run the whole DVC pipeline
 	$(VENV)/bin/dvc repro
 
-browser:  ## headless Chromium for the MLflow UI test (Debian package; installed only when missing)
+browser:  ## headless Chromium for the browser tests (Debian package; installed only when missing)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
@@ -42,8 +49,12 @@ ui: setup  ## MLflow UI over the repository's store
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
 
-ui-check: setup browser  ## real server + headless Chromium over ./mlflow.db; saves a screenshot
-	$(PY) -m pfcvr.uicheck --store sqlite:///$(CURDIR)/mlflow.db --screenshot reports/figures/mlflow_compare.png
+tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overrides ./optuna.db)
+	@$(PY) -m pfcvr.dashboard $(HOST) $(TUNE_PORT)
 
-bench: setup  ## speed and memory benchmarks (print ratios)
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+ui-check: setup browser  ## real server + headless Chromium over ./mlflow.db; saves a screenshot
+	$(PY) -m tests.uicheck --store sqlite:///$(CURDIR)/mlflow.db --screenshot reports/figures/mlflow_compare.png
+
+bench: setup  ## speed and memory benchmarks (print ratios); presets.py is their shared data
+	for b in benchmarks/*.py; do [ "$$b" = benchmarks/presets.py ] && continue; \
+	  echo "== $$b"; $(PY) $$b || exit 1; done

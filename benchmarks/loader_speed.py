@@ -27,8 +27,10 @@ import torch  # noqa: E402
 
 from pfcvr.config import load_params  # noqa: E402
 from pfcvr.data.dataset import ImageTextDataset, load_split, pid_map  # noqa: E402
-from pfcvr.engine.train import (EpochLoader, Trainer, forward_kwargs, seed_everything,  # noqa: E402
-                                set_cpu_threads)
+from pfcvr.engine.loader import EpochLoader, seed_everything, set_cpu_threads  # noqa: E402
+from pfcvr.engine.train import forward_kwargs  # noqa: E402
+from pfcvr.engine.trainer import Trainer  # noqa: E402
+from pfcvr.losses import Criterion  # noqa: E402
 from pfcvr.model import build_model, build_tokenizer  # noqa: E402
 
 
@@ -72,7 +74,8 @@ def main(argv=None) -> None:
     loader = EpochLoader(ds, ds.collate, batch_size=cfg.batch_size, seed=0, num_workers=workers)
     n = min(args.steps, len(loader))
     device = torch.device("cpu")
-    trainer = Trainer(model, loader, cfg=cfg, forward_kwargs=forward_kwargs(cfg), device=device,
+    trainer = Trainer(model, loader, cfg=cfg, criterion=Criterion(cfg.weights),
+                      forward_kwargs=forward_kwargs(cfg), device=device,
                       out_dir=Path(tempfile.mkdtemp()), seed=0, progress=False)
     print(f"default config: {len(ds)} training pairs, batch {cfg.batch_size}, {workers} loader "
           f"worker(s), {torch.get_num_threads()} torch thread(s), {n} steps per mode", flush=True)

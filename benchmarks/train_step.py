@@ -1,14 +1,18 @@
-"""Training-step cost of PFCVR: baseline (SDM + ID) versus full (all five losses).
+"""Training-step cost of PFCVR: baseline (SDM + ID) versus full (all five losses) versus a plain CLIP.
 
 For each configuration (``tiny`` = the model section of params.yaml, ``paper`` = ViT-B/16 at
-384 px with the official head sizes, random weights: pfcvr/model/presets.py) it builds one model,
+384 px with the official head sizes, random weights: benchmarks/presets.py) it builds one model,
 then times training steps (forward, backward, fused Adam step) on a random batch in the training
 batch contract, with only the SDM and ID losses (baseline: the other branches are skipped, as a
-zero weight does in training) and with all five (full). The timed steps alternate between the two
-runs, so that a shared machine's load changes hit both alike. It prints the median milliseconds
-per step with the forward / backward / optimizer split, the peak memory of each run's warm-up
-(process RSS on CPU, allocated CUDA memory on GPU), and the full/baseline ratio. The last line is ``full/baseline step ratio: <x>`` for the
-tiny configuration (or the one configuration asked for).
+zero weight does in training) and with all five (full); and the same steps of a minimal
+plain-PyTorch CLIP of the same size trained with InfoNCE (reference: ``ReferenceCLIP``, no
+transformers or PFCVR code). The timed steps alternate between the three runs, so that a shared
+machine's load changes hit all alike, with ``train.cpu_threads`` torch threads (torch's default of
+one per core spin-waits on a shared machine). It prints the median milliseconds per step with the
+forward / backward / optimizer split, the peak memory of each run's warm-up (process RSS on CPU,
+allocated CUDA memory on GPU), and the ratios. The last two lines are ``baseline/reference step
+ratio: <x>`` and ``full/baseline step ratio: <x>`` for the tiny configuration (or the one
+configuration asked for).
 
     python benchmarks/train_step.py                       # both configs, device auto
     python benchmarks/train_step.py --config tiny --steps 20
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import random
 import statistics
@@ -34,14 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
-from pfcvr.config import PART_CATEGORIES, LossWeights, load_params  # noqa: E402
+from pfcvr.config import PART_CATEGORIES, load_params  # noqa: E402
 from pfcvr.data.tokenizer import Tokenizer  # noqa: E402
+from pfcvr.engine.loader import set_cpu_threads  # noqa: E402
+from pfcvr.losses import Criterion  # noqa: E402
 from pfcvr.model import build_model  # noqa: E402
-from pfcvr.model.presets import preset  # noqa: E402
+from presets import preset  # noqa: E402  (benchmarks/presets.py)
 
-FULL = LossWeights(sdm=1.0, id=0.5, mlm=0.5, mim=0.5, part=0.2)   # official weights
-BASE = LossWeights(sdm=1.0, id=0.5, mlm=0.0, mim=0.0, part=0.0)
+FULL = Criterion({"sdm": 1.0, "id": 0.5, "mlm": 0.5, "mim": 0.5, "part": 0.2})   # official weights
+BASE = Criterion({"sdm": 1.0, "id": 0.5, "mlm": 0.0, "mim": 0.0, "part": 0.0})
 
 
 def random_corpus(n_words: int, seed: int = 0) -> list[str]:
@@ -105,7 +114,7 @@ class PeakRSS:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def train_step(model, opt, batch, weights, device, precision) -> tuple[float, float, float]:
+def train_step(model, opt, batch, criterion, device, precision) -> tuple[float, float, float]:
     """One training step; seconds of (forward incl. loss, backward, optimizer)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
@@ -113,9 +122,9 @@ def train_step(model, opt, batch, weights, device, precision) -> tuple[float, fl
     sync()
     t0 = time.perf_counter()
     with amp:
-        out = model(batch, weights=weights, mask_ratio=0.75, text_mask_ratio=0.15,
+        out = model(batch, terms=criterion.terms, mask_ratio=0.75, text_mask_ratio=0.15,
                     mim_mask="part")
-    loss = out["loss"]
+        loss = criterion(out)
     loss.item()                        # the training loop logs it: include the sync
     t1 = time.perf_counter()
     loss.backward()
@@ -127,51 +136,124 @@ def train_step(model, opt, batch, weights, device, precision) -> tuple[float, fl
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
-def trained_parameters(model, batch, weights, device, precision) -> list:
-    """The parameters a run with ``weights`` trains (a skipped branch's get no gradient), so its
+def trained_parameters(model, batch, criterion, device, precision) -> list:
+    """The parameters a run with ``criterion`` trains (a skipped branch's get no gradient), so its
     fused Adam covers exactly those, as a model built without the branch would have."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        model(batch, weights=weights, mask_ratio=0.75, text_mask_ratio=0.15,
-              mim_mask="part")["loss"].backward()
+        criterion(model(batch, terms=criterion.terms, mask_ratio=0.75, text_mask_ratio=0.15,
+                        mim_mask="part")).backward()
     trained = [p for p in model.parameters() if p.grad is not None]
     model.zero_grad(set_to_none=True)
     return trained
 
 
-def measure(model, batch, runs: dict, device, precision, warmup: int, steps: int) -> dict:
-    """Per run: peak memory over its warm-up steps (runs one after the other, each with only its
-    own optimizer state alive), then median step times over ``steps`` steps taken alternately
-    (baseline, full, baseline, ...), so that both see the same machine load.
+class ReferenceCLIP(nn.Module):
+    """A minimal plain-PyTorch CLIP of the same size as a PFCVR config, trained with InfoNCE.
+
+    ViT (conv patch embedding, class token, learned positions, pre-LN ``nn.TransformerEncoderLayer``
+    blocks with GELU MLP x4), causal text transformer over token + position embeddings, EOT
+    pooling, linear projections to ``embed_dim``, symmetric InfoNCE at a learned logit scale. No
+    transformers code, no PFCVR code: the yardstick for the baseline (SDM + ID) step.
+    """
+
+    def __init__(self, cfg, vocab_size: int, eot_id: int):
+        super().__init__()
+        t, d = cfg.tiny, cfg.embed_dim
+        vw, tw, n = t.vision_width, t.text_width, (cfg.image_size // cfg.patch_size) ** 2
+
+        def blocks(width, heads, layers):
+            return nn.ModuleList(nn.TransformerEncoderLayer(
+                width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+                norm_first=True) for _ in range(layers))
+
+        self.eot_id = eot_id
+        self.patch = nn.Conv2d(3, vw, cfg.patch_size, cfg.patch_size, bias=False)
+        self.cls = nn.Parameter(torch.randn(vw) * vw ** -0.5)
+        self.vpos = nn.Parameter(torch.randn(n + 1, vw) * vw ** -0.5)
+        self.vln_pre, self.vln_post = nn.LayerNorm(vw), nn.LayerNorm(vw)
+        self.vision = blocks(vw, t.vision_heads, t.vision_layers)
+        self.vproj = nn.Linear(vw, d, bias=False)
+        self.tok = nn.Embedding(vocab_size, tw)
+        self.tpos = nn.Parameter(torch.randn(t.context_length, tw) * 0.01)
+        self.text = blocks(tw, t.text_heads, t.text_layers)
+        self.tln = nn.LayerNorm(tw)
+        self.tproj = nn.Linear(tw, d, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W], ids [B, L] -> the InfoNCE loss []."""
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.vpos
+        x = self.vln_pre(x)
+        for block in self.vision:
+            x = block(x)
+        img = self.vproj(self.vln_post(x[:, 0]))
+        length = ids.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=ids.device)
+        h = self.tok(ids) + self.tpos[:length]
+        for block in self.text:
+            h = block(h, src_mask=mask, is_causal=True)
+        eot = (ids == self.eot_id).int().argmax(dim=1)
+        txt = self.tproj(self.tln(h[torch.arange(len(ids), device=ids.device), eot]))
+        logits = self.logit_scale.exp() * F.normalize(img.float(), dim=-1) \
+            @ F.normalize(txt.float(), dim=-1).t()
+        labels = torch.arange(len(ids), device=ids.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def reference_step(ref, opt, batch, device, precision) -> tuple[float, float, float]:
+    """One InfoNCE training step of the reference CLIP; seconds of (forward, backward, optimizer),
+    timed as :func:`train_step` times PFCVR's."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = ref(batch["images"], batch["caption_ids"])
+    loss.item()
+    t1 = time.perf_counter()
+    loss.backward()
+    sync()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync()
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def measure(steppers: dict, device, warmup: int, steps: int) -> dict:
+    """``steppers``: {label: (parameters, step(opt) -> (fwd, bwd, opt) seconds)}. Per run: peak
+    memory over its warm-up steps (runs one after the other, each with only its own optimizer
+    state alive), then median step times over ``steps`` steps taken alternately (baseline, full,
+    reference, baseline, ...), so that all see the same machine load.
 
     Returns {label: (n_params, peak_bytes, [step_ms, fwd_ms, bwd_ms, opt_ms])}.
     """
     adam = dict(lr=1e-5, eps=1e-3, weight_decay=4e-5, fused=True)
-    params = {k: trained_parameters(model, batch, w, device, precision) for k, w in runs.items()}
     peaks = {}
-    for label, weights in runs.items():
-        opt = torch.optim.Adam(params[label], **adam)
+    for label, (params, step) in steppers.items():
+        opt = torch.optim.Adam(params, **adam)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with PeakRSS() as rss:
             for _ in range(max(warmup, 1)):
-                train_step(model, opt, batch, weights, device, precision)
+                step(opt)
         peaks[label] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                         else rss.peak)
         del opt
-    opts = {k: torch.optim.Adam(p, **adam) for k, p in params.items()}
-    for label, weights in runs.items():            # allocates the Adam state: not timed
-        train_step(model, opts[label], batch, weights, device, precision)
-    times = {k: [] for k in runs}
+    opts = {k: torch.optim.Adam(p, **adam) for k, (p, _) in steppers.items()}
+    for label, (_, step) in steppers.items():      # allocates the Adam state: not timed
+        step(opts[label])
+    times = {k: [] for k in steppers}
     for _ in range(steps):
-        for label, weights in runs.items():
-            times[label].append(train_step(model, opts[label], batch, weights, device, precision))
+        for label, (_, step) in steppers.items():
+            times[label].append(step(opts[label]))
     out = {}
     for label, rows in times.items():
         fwd, bwd, opt_s = (statistics.median(col) for col in zip(*rows))
-        step = statistics.median(sum(r) for r in rows)
-        n = sum(p.numel() for p in params[label])
-        out[label] = (n, peaks[label], [1000 * x for x in (step, fwd, bwd, opt_s)])
+        total = statistics.median(sum(r) for r in rows)
+        n = sum(p.numel() for p in steppers[label][0])
+        out[label] = (n, peaks[label], [1000 * x for x in (total, fwd, bwd, opt_s)])
     return out
 
 
@@ -201,19 +283,28 @@ def run_config(name: str, args, device) -> float:
           f"({model.grid_size ** 2} patches), vocab {tok.vocab_size}, B={batch_size}, on {device} "
           f"({precision}, {torch.get_num_threads()} threads); built in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"{'run':9s}{'losses':22s}{'params':>9s}{'step ms':>10s}{'fwd':>9s}{'bwd':>9s}"
+    print(f"{'run':10s}{'losses':22s}{'params':>9s}{'step ms':>10s}{'fwd':>9s}{'bwd':>9s}"
           f"{'opt':>8s}{'peak mem':>11s}", flush=True)
     runs = {"baseline": BASE, "full": FULL}
-    results = measure(model, batch, runs, device, precision, warmup, steps)
-    for label, weights in runs.items():
+    steppers = {label: (trained_parameters(model, batch, crit, device, precision),
+                        lambda opt, crit=crit: train_step(model, opt, batch, crit, device,
+                                                          precision))
+                for label, crit in runs.items()}
+    torch.manual_seed(0)
+    ref = ReferenceCLIP(cfg, tok.vocab_size, tok.eot_id).to(device).train()
+    steppers["reference"] = (list(ref.parameters()),
+                             lambda opt: reference_step(ref, opt, batch, device, precision))
+    results = measure(steppers, device, warmup, steps)
+    losses = {**{label: "+".join(n for n in c.names if n in c.terms) for label, c in runs.items()},
+              "reference": "InfoNCE (plain CLIP)"}
+    for label in steppers:
         n_params, peak, (step, fwd, bwd, optm) = results[label]
-        active = [n for n in ("sdm", "id", "mlm", "mim", "part") if getattr(weights, n) > 0]
-        print(f"{label:9s}{'+'.join(active):22s}{n_params / 1e6:8.1f}M{step:10.0f}{fwd:9.0f}"
+        print(f"{label:10s}{losses[label]:22s}{n_params / 1e6:8.1f}M{step:10.0f}{fwd:9.0f}"
               f"{bwd:9.0f}{optm:8.0f}{peak / 2**30:9.2f} GB", flush=True)
-    ratio = results["full"][2][0] / results["baseline"][2][0]
     print(f"{name}: per run {max(warmup, 1)} warm-up (peak memory) + 1 untimed + {steps} timed "
           f"steps, timed steps alternating between the runs (medians)", flush=True)
-    return ratio
+    step_ms = {label: r[2][0] for label, r in results.items()}
+    return step_ms["full"] / step_ms["baseline"], step_ms["baseline"] / step_ms["reference"]
 
 
 def _parse_set(item: str):
@@ -247,11 +338,15 @@ def main(argv=None) -> None:
     # tiny first: peak RSS is a process-wide high-water mark, so a config measured after a larger
     # one would report the larger one's peak.
     names = ("tiny", "paper") if args.config == "both" else (args.config,)
+    # torch's default (one thread per core) spin-waits on a shared machine: use what training uses.
+    set_cpu_threads(load_params(args.params).train.cpu_threads)
     ratios = {}
     for name in names:
         ratios[name] = run_config(name, args, device)
-        print(f"{name} full/baseline step ratio: {ratios[name]:.2f}", flush=True)
-    print(f"full/baseline step ratio: {ratios[names[0]]:.2f}")
+        print(f"{name} full/baseline step ratio: {ratios[name][0]:.2f}; baseline/reference step "
+              f"ratio: {ratios[name][1]:.2f}", flush=True)
+    print(f"baseline/reference step ratio: {ratios[names[0]][1]:.2f}")
+    print(f"full/baseline step ratio: {ratios[names[0]][0]:.2f}")
 
 
 if __name__ == "__main__":

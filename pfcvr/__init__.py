@@ -1,6 +1,7 @@
 """PFCVR: part-level fine-grained perception for text-to-image vehicle retrieval.
 
-The heavy pieces (torch, transformers) are imported lazily so that ``import pfcvr`` stays cheap.
+The heavy pieces (torch, transformers) are imported lazily so that ``import pfcvr`` stays cheap:
+it loads neither torch nor the model package (tests/test_imports.py checks it).
 """
 from pfcvr.config import PART_CATEGORIES, load_params
 

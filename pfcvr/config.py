@@ -1,292 +1,47 @@
-"""Typed, strict parameters: dataclasses mirroring params.yaml.
+"""Typed, strict parameters: read, merge and validate params.yaml, which holds every default.
 
 Every stage calls :func:`load_params` first. It validates the *whole* file (every ablation variant
 and the tuning space included) before any work starts, so a typo in a `dvc exp run -S` override
-fails at once with a message naming the dotted key, the value and what is allowed.
+fails at once with a one-line :class:`ConfigError` naming the dotted key, the value and what is
+allowed, e.g. ``train.mask_ratio=1.5: must be in [0.0, 1.0)``.
+
+Rules (the models of :mod:`pfcvr.params_schema` declare them and pydantic checks them; this
+module reads the file, merges variants and words the errors):
+
+- **No defaults in code.** Every value comes from params.yaml; a missing key is an error
+  (``train.lr: missing; add it to params.yaml``). The models are closed (``extra="forbid"``) and
+  strict: ``"1"`` is not 1, a bool is not a number, an int is accepted for a float (and stored as
+  one), NaN and infinity are rejected.
+- **YAML 1.2**, as ``dvc exp run -S`` writes the file back: ``1e-05`` is a float, ``yes``/``on``
+  are strings, not booleans (:func:`read_raw`).
+- **Null sections.** A section or sub-section written empty (``train:`` with everything below
+  commented out reads as YAML null) is an error naming its key; it never means "built-in
+  defaults", as there are none. Inside an ablation variant, which is a sparse patch over
+  ``model``/``train``, a null mapping (``train:``, ``weights:``, or the whole variant) overrides
+  nothing; a null *leaf* (``lr:``) is an error naming the key once merged.
+- Overrides (``load_params(..., overrides=)``) merge over the file's values (a mapping merges into
+  its section, as ``dvc exp run -S`` does), then all is validated.
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import copy
-import dataclasses
-import math
-import os
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ValidationError
+
+# The models are part of this module's API: the rest of the code imports them from here.
+from pfcvr.params_schema import (  # noqa: F401
+    DataConfig, EvalConfig, LossWeights, MIMDecoderConfig, MLMDecoderConfig, ModelConfig, Params,
+    PartDecoderConfig, PartsConfig, ReportConfig, Section, SplitFractions, SyntheticConfig,
+    TinyBackbone, TrackingConfig, TrainConfig, TuneConfig, ViewMix)
 
 PART_CATEGORIES = ("windows", "lights", "wheels", "mirrors", "roof", "doors")
 
 
 class ConfigError(ValueError):
-    """A parameter is unknown, of the wrong type, or out of range."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Access recording: with PFCVR_RECORD_PARAMS=<file>, every parameter a process reads is appended to
-# that file at exit (one dotted key per line). The pipeline test uses it to prove that every key of
-# params.yaml is read by some stage and that each dvc.yaml stage lists the params it reads.
-# ----------------------------------------------------------------------------------------------
-_RECORD_FILE = os.environ.get("PFCVR_RECORD_PARAMS")
-_ACCESSED: set[str] = set()
-_PAUSED = [0]
-
-
-def _write_accessed() -> None:
-    if _ACCESSED and _RECORD_FILE:
-        stage = os.environ.get("DVC_STAGE", "")
-        with open(_RECORD_FILE, "a") as fh:
-            fh.writelines(f"{stage}\t{k}\n" for k in sorted(_ACCESSED))
-
-
-if _RECORD_FILE:
-    atexit.register(_write_accessed)
-
-
-@contextlib.contextmanager
-def _not_recorded():
-    """Reads inside this block (logging all params, repr) do not count as consumption."""
-    _PAUSED[0] += 1
-    try:
-        yield
-    finally:
-        _PAUSED[0] -= 1
-
-
-class _Section:
-    """Base of every params dataclass: records which keys are read (see above)."""
-
-    _path = ""
-
-    def __getattribute__(self, name):
-        value = object.__getattribute__(self, name)
-        fields = object.__getattribute__(self, "__dataclass_fields__")
-        if _RECORD_FILE and not _PAUSED[0] and name in fields and \
-                not fields[name].metadata.get("internal"):
-            path = object.__getattribute__(self, "_path")
-            if not isinstance(value, _Section):
-                _ACCESSED.add(f"{path}.{name}" if path else name)
-        return value
-
-
-def _field(default, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None):
-    """A dataclass field with a range or a set of allowed values checked by the loader."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _describe_range(meta: dict) -> str:
-    if meta.get("choices"):
-        return "one of " + " | ".join(map(str, meta["choices"]))
-    lo, hi = meta.get("lo"), meta.get("hi")
-    left = "(" if meta.get("lo_open") else "["
-    right = ")" if meta.get("hi_open") else "]"
-    return f"must be in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-
-
-def _in_range(value: float, meta: dict) -> bool:
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        return False
-    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
-        return False
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections (one dataclass per params.yaml section, same names, same order)
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class SplitFractions(_Section):
-    train: float = _field(0.6, lo=0.0, hi=1.0, lo_open=True)
-    val: float = _field(0.15, lo=0.0, hi=1.0)
-    test: float = _field(0.25, lo=0.0, hi=1.0, lo_open=True)
-
-    def __post_init__(self):  # object.__getattribute__: validation is not consumption
-        parts = {k: object.__getattribute__(self, k) for k in ("train", "val", "test")}
-        if abs(sum(parts.values()) - 1.0) > 1e-6:
-            raise ConfigError(f"data.synthetic.split={parts}: fractions must sum to 1 "
-                              f"(got {sum(parts.values()):g})")
-
-
-@dataclass
-class ViewMix(_Section):
-    side_left: float = _field(0.3, lo=0.0)
-    side_right: float = _field(0.3, lo=0.0)
-    front: float = _field(0.2, lo=0.0)
-    rear: float = _field(0.2, lo=0.0)
-
-    def __post_init__(self):
-        if sum(object.__getattribute__(self, k) for k in ("side_left", "side_right", "front", "rear")) <= 0:
-            raise ConfigError("data.synthetic.views: at least one view weight must be positive")
-
-
-@dataclass
-class SyntheticConfig(_Section):
-    n_ids: int = _field(200, lo=6, hi=100_000)
-    images_per_id: int = _field(6, lo=1, hi=100)
-    captions_per_image: int = _field(2, lo=1, hi=20)
-    image_size: int = _field(96, lo=32, hi=1024)
-    split: SplitFractions = field(default_factory=SplitFractions)
-    views: ViewMix = field(default_factory=ViewMix)
-    family_size: int = _field(4, lo=1, hi=1000)
-    caption_error_rate: float = _field(0.05, lo=0.0, hi=0.5)
-
-
-@dataclass
-class DataConfig(_Section):
-    source: str = _field("synthetic", choices=("synthetic", "t2i-veri", "t2i-verw", "cuhk-pedes"))
-    root: str = _field("")
-    annotations: str = _field("")
-    val_fraction: float = _field(0.15, lo=0.0, hi=1.0, hi_open=True)
-    on_error: str = _field("raise", choices=("raise", "skip"))
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
-@dataclass
-class PartsConfig(_Section):
-    source: str = _field("annotations", choices=("annotations", "groundingdino", "prior"))
-    detector: str = _field("")
-    prompt: str = _field("car window. car light. car wheel. car mirror. car roof. car door.")
-    box_threshold: float = _field(0.3, lo=0.0, hi=1.0)
-    text_threshold: float = _field(0.25, lo=0.0, hi=1.0)
-    batch_size: int = _field(8, lo=1, hi=4096)
-    device: str = _field("auto", choices=("auto", "cpu", "cuda"))
-
-
-@dataclass
-class TinyBackbone(_Section):
-    vision_width: int = _field(64, lo=8, hi=4096)
-    vision_layers: int = _field(2, lo=1, hi=64)
-    vision_heads: int = _field(2, lo=1, hi=64)
-    text_width: int = _field(64, lo=8, hi=4096)
-    text_layers: int = _field(2, lo=1, hi=64)
-    text_heads: int = _field(2, lo=1, hi=64)
-    context_length: int = _field(48, lo=8, hi=512)
-    vocab_size: int = _field(1024, lo=516, hi=100_000)   # >= 4 specials + 2 x 256 bytes
-
-
-@dataclass
-class PartDecoderConfig(_Section):
-    layers: int = _field(1, lo=1, hi=24)
-    heads: int = _field(2, lo=1, hi=64)
-    ffn_dim: int = _field(128, lo=8, hi=16384)
-    dropout: float = _field(0.1, lo=0.0, hi=1.0, hi_open=True)
-
-
-@dataclass
-class MLMDecoderConfig(_Section):
-    layers: int = _field(1, lo=1, hi=24)
-    heads: int = _field(2, lo=1, hi=64)
-
-
-@dataclass
-class MIMDecoderConfig(_Section):
-    layers: int = _field(1, lo=1, hi=24)
-    heads: int = _field(2, lo=1, hi=64)
-    head_dim: int = _field(32, lo=4, hi=512)
-    ffn_dim: int = _field(128, lo=8, hi=16384)
-
-
-@dataclass
-class ModelConfig(_Section):
-    backbone: str = _field("tiny")
-    image_size: int = _field(96, lo=16, hi=2048)
-    patch_size: int = _field(12, lo=2, hi=64)
-    embed_dim: int = _field(64, lo=8, hi=4096)
-    tiny: TinyBackbone = field(default_factory=TinyBackbone)
-    temperature: float = _field(0.07, lo=0.0, hi=10.0, lo_open=True)
-    part_context: str = _field("caption", choices=("caption", "image"))
-    cls_pos_quirk: bool = _field(False)
-    part_decoder: PartDecoderConfig = field(default_factory=PartDecoderConfig)
-    mlm_decoder: MLMDecoderConfig = field(default_factory=MLMDecoderConfig)
-    mim_decoder: MIMDecoderConfig = field(default_factory=MIMDecoderConfig)
-
-
-@dataclass
-class LossWeights(_Section):
-    sdm: float = _field(1.0, lo=0.0, hi=100.0)
-    id: float = _field(0.5, lo=0.0, hi=100.0)
-    mlm: float = _field(0.5, lo=0.0, hi=100.0)
-    mim: float = _field(0.5, lo=0.0, hi=100.0)
-    part: float = _field(0.2, lo=0.0, hi=100.0)
-
-
-@dataclass
-class TrainConfig(_Section):
-    epochs: int = _field(3, lo=1, hi=10_000)
-    batch_size: int = _field(32, lo=2, hi=65_536)
-    lr: float = _field(1e-3, lo=0.0, hi=1.0, lo_open=True)
-    lr_new_modules: float = _field(5.0, lo=0.0, hi=1000.0, lo_open=True)
-    lr_bias: float = _field(2.0, lo=0.0, hi=1000.0, lo_open=True)
-    weight_decay: float = _field(4e-5, lo=0.0, hi=1.0)
-    adam_eps: float = _field(1e-8, lo=0.0, hi=1.0, lo_open=True)
-    warmup_epochs: float = _field(1.0, lo=0.0, hi=10_000.0)
-    grad_clip: float = _field(5.0, lo=0.0)
-    precision: str = _field("fp32", choices=("fp32", "bf16", "fp16"))
-    device: str = _field("auto", choices=("auto", "cpu", "cuda"))
-    num_workers: int = _field(0, lo=0, hi=256)
-    cpu_threads: int = _field(1, lo=0, hi=1024)
-    eval_every: int = _field(1, lo=1, hi=10_000)
-    log_every: int = _field(50, lo=0, hi=10_000_000)
-    hflip: float = _field(0.5, lo=0.0, hi=1.0)
-    flip_masks: bool = _field(True)
-    mask_ratio: float = _field(0.75, lo=0.0, hi=1.0, hi_open=True)
-    text_mask_ratio: float = _field(0.15, lo=0.0, hi=1.0, hi_open=True)
-    mim_mask: str = _field("part", choices=("part", "random"))
-    weights: LossWeights = field(default_factory=LossWeights)
-
-
-@dataclass
-class EvalConfig(_Section):
-    batch_size: int = _field(128, lo=1, hi=65_536)
-    chunk_size: int = _field(1024, lo=1, hi=10_000_000)
-    part_fusion: float = _field(0.0, lo=0.0, hi=100.0)
-    topk_queries: int = _field(6, lo=1, hi=100)
-
-
-@dataclass
-class ReportConfig(_Section):
-    seeds: list[int] = _field([0, 1, 2])
-
-
-@dataclass
-class TuneConfig(_Section):
-    n_trials: int = _field(4, lo=1, hi=100_000)
-    timeout: float = _field(900.0, lo=0.0, lo_open=True)
-    epochs: int = _field(2, lo=1, hi=10_000)
-    sampler_seed: int = _field(0, lo=0)
-    space: dict[str, list[float]] = _field({})
-
-
-@dataclass
-class TrackingConfig(_Section):
-    required: bool = _field(True)
-
-
-@dataclass
-class Params(_Section):
-    seed: int = _field(0, lo=0, hi=2**31 - 1)
-    data: DataConfig = field(default_factory=DataConfig)
-    parts: PartsConfig = field(default_factory=PartsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    ablations: dict[str, dict] = _field({})
-    report: ReportConfig = field(default_factory=ReportConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # Not a params.yaml key: the ablation variant these params were merged for (None = base).
-    variant: str | None = field(default=None, compare=False, metadata={"internal": True})
+    """A parameter is missing, unknown, of the wrong type, or out of range."""
 
 
 # Sections an ablation variant may override (besides its free-text description).
@@ -294,79 +49,102 @@ VARIANT_SECTIONS = ("model", "train")
 
 
 # ----------------------------------------------------------------------------------------------
-# Generic strict builder
+# pydantic's ValidationError -> one line naming the dotted key
 # ----------------------------------------------------------------------------------------------
 
-def _check_scalar(value: Any, tp: Any, key: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r}: must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: must be a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r}: must be a string")
-        return value
-    raise TypeError(f"unsupported parameter type {tp} for {key}")
+_TYPE_WORDS = {"int_type": "must be an integer", "int_parsing": "must be an integer",
+               "int_from_float": "must be an integer", "float_type": "must be a number",
+               "float_parsing": "must be a number", "bool_type": "must be true or false",
+               "bool_parsing": "must be true or false", "string_type": "must be a string",
+               "list_type": "must be a list"}
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                 "finite_number"}
+_MAPPING_ERRORS = {"model_type", "model_attributes_type", "dict_type"}
 
 
-def _build_value(value: Any, tp: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}={value!r}: must be a list")
-        return [_build_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r}: must be a mapping")
-        if val_tp is dict:
-            return {k: copy.deepcopy(v) for k, v in value.items()}
-        return {k: _build_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    return _check_scalar(value, tp, key)
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix or "params.yaml"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    public = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
-    names = {f.name for f in public}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{key}: unknown parameter; allowed keys of {where}: {', '.join(sorted(names))}")
-    kwargs = {}
-    for f in public:
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name not in data:
-            continue
-        value = _build_value(data[f.name], hints[f.name], key)
-        meta = f.metadata
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{key}={value!r}: {_describe_range(meta)}")
-        if (meta.get("lo") is not None or meta.get("hi") is not None):
-            items = value if isinstance(value, list) else [value]
-            for v in items:
-                if not _in_range(v, meta):
-                    raise ConfigError(f"{key}={v!r}: {_describe_range(meta)}")
-        kwargs[f.name] = value
-    obj = cls(**kwargs)
-    object.__setattr__(obj, "_path", prefix)
-    return obj
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_at(cls: type[BaseModel], loc: tuple) -> tuple[Any, list]:
+    """(annotation, constraint metadata) of the value at ``loc`` below the model ``cls``."""
+    ann, meta = cls, []
+    for part in loc:
+        if _is_model(ann):
+            info = ann.model_fields.get(part)
+            if info is None:
+                return None, []
+            ann, meta = info.annotation, list(info.metadata)
+        else:  # an item of a list or a value of a dict
+            args = typing.get_args(ann)
+            ann, meta = (args[-1] if args else None), []
+    return ann, meta
+
+
+def _describe_range(meta: list) -> str:
+    lo = hi = None
+    left, right = "[", "]"
+    for m in meta:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, left = m.gt, "("
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        if getattr(m, "lt", None) is not None:
+            hi, right = m.lt, ")"
+    return f"must be in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+
+def _wording(error: dict, root: type[BaseModel], prefix: str) -> str:
+    """One error of pydantic's ``errors()`` as ``<dotted key>[=<value>]: <what is allowed>``."""
+    loc = tuple(error["loc"])
+    key = _dotted(((prefix,) if prefix else ()) + loc) or "params.yaml"
+    ann, meta = _field_at(root, loc)
+    value = error["input"]
+    if ann is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # shown as the float it is once accepted
+    kind = error["type"]
+    if kind == "missing":
+        return f"{key}: missing; add it to params.yaml"
+    if kind == "extra_forbidden":
+        parent, _ = _field_at(root, loc[:-1])
+        where = _dotted(((prefix,) if prefix else ()) + loc[:-1]) or "params.yaml"
+        names = ", ".join(sorted(parent.model_fields)) if _is_model(parent) else "(none)"
+        return f"{key}: unknown parameter; allowed keys of {where}: {names}"
+    if kind in _MAPPING_ERRORS:
+        if value is None:
+            return f"{key}: empty (null) section; write its keys in params.yaml"
+        return f"{key}: must be a mapping, got {value!r}"
+    if kind in _RANGE_ERRORS:
+        return f"{key}={value!r}: {_describe_range(meta)}"
+    if kind == "literal_error":
+        return f"{key}={value!r}: one of " + " | ".join(map(str, typing.get_args(ann)))
+    if kind in _TYPE_WORDS:
+        return f"{key}={value!r}: {_TYPE_WORDS[kind]}"
+    if kind == "value_error":  # a model validator above: its message continues the key
+        return f"{key}{error['ctx']['error']}"
+    return f"{key}={value!r}: {error['msg']}"
+
+
+def parse_section(cls: type[BaseModel], raw: Any, prefix: str = "") -> Any:
+    """Validate one section alone, e.g. ``parse_section(ModelConfig, saved, "model")``.
+
+    ``prefix`` is the section's dotted key, used only in messages. Raises :class:`ConfigError`
+    worded for the first problem (an unknown key before the rest: it usually explains them).
+    """
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        raise ConfigError(_wording(errors[0], cls, prefix)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,29 +181,10 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten params (dataclass or dict) to ``{'train.weights.mim': 0.5, ...}`` for logging."""
-    if dataclasses.is_dataclass(obj):
-        with _not_recorded():
-            obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-                   if not f.metadata.get("internal")}
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if dataclasses.is_dataclass(v) or (isinstance(v, dict) and v):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def to_dict(params: Any) -> dict:
-    """Params (or a section) as plain nested dicts, without internal fields."""
-    if dataclasses.is_dataclass(params):
-        with _not_recorded():
-            items = [(f.name, getattr(params, f.name)) for f in dataclasses.fields(params)
-                     if not f.metadata.get("internal")]
-        return {k: to_dict(v) for k, v in items}
+def to_dict(params: Any) -> Any:
+    """Params (or a section) as plain nested dicts (the variant and description left out)."""
+    if isinstance(params, BaseModel):
+        return params.model_dump()
     if isinstance(params, dict):
         return {k: to_dict(v) for k, v in params.items()}
     if isinstance(params, list):
@@ -433,15 +192,41 @@ def to_dict(params: Any) -> dict:
     return params
 
 
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten params (model or dict) to ``{'train.weights.mim': 0.5, ...}`` for logging."""
+    out: dict[str, Any] = {}
+    for k, v in to_dict(obj).items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 
+def _without_null_mappings(patch: dict, base: dict) -> dict:
+    """``patch`` less its null values that stand where ``base`` has a mapping (no override)."""
+    out = {}
+    for k, v in patch.items():
+        if isinstance(base.get(k), dict):
+            if v is None:
+                continue
+            if isinstance(v, dict):
+                v = _without_null_mappings(v, base[k])
+        out[k] = v
+    return out
+
+
 def _merge_variant(raw: dict, name: str) -> dict:
-    variant = raw.get("ablations", {}).get(name)
-    if variant is None:
-        known = ", ".join(sorted(raw.get("ablations", {}))) or "(none)"
+    variants = raw.get("ablations") or {}
+    if name not in variants:
+        known = ", ".join(sorted(variants)) or "(none)"
         raise ConfigError(f"ablations.{name}: no such variant; defined variants: {known}")
+    variant = variants[name] if variants[name] is not None else {}   # null: overrides nothing
     if not isinstance(variant, dict):
         raise ConfigError(f"ablations.{name}={variant!r}: must be a mapping")
     extra = sorted(set(variant) - set(VARIANT_SECTIONS) - {"description"})
@@ -451,16 +236,17 @@ def _merge_variant(raw: dict, name: str) -> dict:
     if "description" in variant and not isinstance(variant["description"], str):
         raise ConfigError(f"ablations.{name}.description: must be a string")
     overrides = {k: v for k, v in variant.items() if k in VARIANT_SECTIONS}
-    return deep_merge(raw, overrides)
+    return deep_merge(raw, _without_null_mappings(overrides, raw))
 
 
-def _validate_space(raw: dict, p: Params) -> None:
-    for key, bounds in p.tune.space.items():
+def _validate_space(raw: dict, base: dict) -> None:
+    """Each ``tune.space`` key names a numeric model/train param; both bounds are valid values."""
+    for key, bounds in base["tune"]["space"].items():
         where = f"tune.space.{key}"
         if key.split(".")[0] not in VARIANT_SECTIONS:
             raise ConfigError(f"{where}: only model.* and train.* parameters can be tuned")
         try:
-            current = get_dotted(p, key)
+            current = get_dotted(base, key)
         except (AttributeError, KeyError):
             raise ConfigError(f"{where}: no such parameter") from None
         if isinstance(current, bool) or not isinstance(current, (int, float)):
@@ -471,53 +257,113 @@ def _validate_space(raw: dict, p: Params) -> None:
             probe = copy.deepcopy(raw)
             set_dotted(probe, key, int(bound) if isinstance(current, int) else float(bound))
             try:
-                _build(Params, probe, "")
+                parse_section(Params, probe)
             except ConfigError as err:
                 raise ConfigError(f"{where}: bound {bound!r} is invalid ({err})") from None
 
 
+SEED_MAX = 2**31 - 1   # as the top-level `seed`
+
+
+def _validate_seeds(seeds: list[int]) -> None:
+    """``report.seeds``: at least one, each in [0, SEED_MAX], none twice (each seed trains the
+    folder ``models/<variant>/seed<k>``: a repeat would train it twice, then fail)."""
+    if not seeds:
+        raise ConfigError("report.seeds is empty: list at least one training seed, "
+                          "e.g. report.seeds=[0, 1, 2]")
+    for i, seed in enumerate(seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"report.seeds[{i}]={seed}: must be in [0, {SEED_MAX}] "
+                              "(a seed is a non-negative integer)")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"report.seeds={seeds}: seed {twice[0]} is listed more than once; "
+                          "list each seed once")
+
+
+def _check_space_shape(raw: dict) -> None:
+    """A ``tune.space`` entry that is a mapping (``train: {batch_size: [..]}``) instead of one
+    dotted key: what `dvc exp run -S '+tune.space.train.batch_size=[..]'` writes. Named here,
+    before the schema would call it "must be a list"."""
+    tune = raw.get("tune")
+    space = tune.get("space") if isinstance(tune, dict) else None
+    if not isinstance(space, dict):
+        return   # missing or mistyped: the schema names it
+    for key, value in space.items():
+        if isinstance(value, dict):
+            inner = next(iter(value), "name")
+            raise ConfigError(f"tune.space.{key}: a nested mapping; write each searched parameter "
+                              f"as one dotted key under tune.space in params.yaml, e.g. "
+                              f"`{key}.{inner}: [low, high]` (`dvc exp run -S` splits a key at its "
+                              "dots, so it cannot add one)")
+
+
 def parse_params(raw: dict, variant: str | None = None) -> Params:
-    """Validate a raw params mapping completely, then return it (merged for ``variant``)."""
-    with _not_recorded():  # validation is not consumption
-        return _parse_params(raw, variant)
+    """Validate a raw params mapping completely, then return it (merged for ``variant``).
 
-
-def _parse_params(raw: dict, variant: str | None) -> Params:
+    Every ablation variant and the tuning space are checked whatever ``variant`` is, so a bad
+    entry stops every stage. The checks here read plain dicts, never the returned models'
+    attributes, so they do not count as reads of a stage (tests/record_params).
+    Raises :class:`ConfigError` naming the dotted key.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: must be a mapping of sections")
-    base = _build(Params, raw, "")
-    for name in base.ablations:
+    _check_space_shape(raw)
+    base = parse_section(Params, raw)
+    for name in raw["ablations"]:
         try:
-            _build(Params, _merge_variant(raw, name), "")
+            parse_section(Params, _merge_variant(raw, name))
         except ConfigError as err:
             raise ConfigError(f"ablations.{name}: {err}") from None
-    _validate_space(raw, base)
+    _validate_space(raw, base.model_dump())
+    _validate_seeds(list(raw["report"]["seeds"]))
     if variant is None:
         return base
-    merged = _build(Params, _merge_variant(raw, variant), "")
-    merged.variant = variant
+    merged = parse_section(Params, _merge_variant(raw, variant))
+    merged._variant = variant
+    merged._description = (raw["ablations"][variant] or {}).get("description", variant)
     return merged
 
 
 def read_raw(path: str | Path = "params.yaml") -> dict:
+    """The file as plain dicts and lists, read with YAML 1.2 as `dvc exp run -S` writes it.
+
+    The pure-Python loader: ruamel's optional C loader follows YAML 1.1 (``1e-05`` a string).
+    Raises :class:`ConfigError` if the file is missing or not YAML.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    return raw or {}
+    return {} if raw is None else raw
 
 
 def load_params(path: str | Path = "params.yaml", variant: str | None = None,
                 overrides: dict[str, Any] | None = None) -> Params:
-    """Read, override (dotted keys) and validate params.yaml; merge ``variant`` if given."""
+    """Read params.yaml, apply ``overrides`` (dotted keys), validate it all, merge ``variant``.
+
+    A mapping override merges into the file's mapping, as `dvc exp run -S key={a: 1}` does.
+    """
     raw = read_raw(path)
     for key, value in (overrides or {}).items():
+        try:
+            current = get_dotted(raw, key)
+        except (KeyError, TypeError, AttributeError):
+            current = None
+        if isinstance(value, dict) and isinstance(current, dict):
+            value = deep_merge(current, value)
         set_dotted(raw, key, value)
     return parse_params(raw, variant)
 
 
 def variant_description(params: Params, variant: str) -> str:
-    return str(params.ablations.get(variant, {}).get("description", variant))
+    """The description of ``variant`` (its name if it has none)."""
+    if params.variant == variant:
+        return params.description
+    return str((params.ablations.get(variant) or {}).get("description", variant))

@@ -1,15 +1,28 @@
-"""The five PFCVR losses (method §4), one function each, and the one place weights are applied.
+"""The five PFCVR losses (method §4), one function each, and :class:`Criterion`, the one place
+where their weights are applied.
 
 All losses compute in fp32 (inputs are cast), so they are safe under bf16/fp16 autocast.
 ``scale`` is the fixed logit scale 1 / model.temperature (official 1 / 0.07 = 14.29), shared by
 SDM and the part loss.
+
+The split of work follows open_clip (a loss class holds the loss settings; the model only
+computes): ``PFCVR.forward`` returns the *unweighted* terms of the branches it is asked to run,
+and ``Criterion(train.weights)`` says which branches to run and sums the weighted terms.
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
+# The loss names, defined here only: the fields of ``train.weights``, the terms of
+# ``PFCVROutput``, the loss columns of the training history (in this order).
 TERMS = ("sdm", "id", "mlm", "mim", "part")
+
+# An MLM target at a position that is not scored (PyTorch's cross-entropy default ignore_index).
+IGNORE_INDEX = -100
 
 
 def sdm_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, scale: float,
@@ -45,9 +58,11 @@ def id_loss(image_logits: torch.Tensor, text_logits: torch.Tensor,
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Masked-language recovery (§4.3): cross-entropy over the corrupted positions only.
 
-    logits: [M, V] at the M selected positions of the batch; targets: [M] original ids.
+    logits: [M, V] at M positions of the batch; targets: [M] original ids, or
+    :data:`IGNORE_INDEX` at a position that was not corrupted (the static-shape path scores every
+    position). The mean runs over the positions whose target is not ignored.
     """
-    return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
 
 
 def mim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,18 +94,63 @@ def part_loss(visual: torch.Tensor, queries: torch.Tensor, present: torch.Tensor
     return (per_image * has_parts).sum() / has_parts.sum().clamp_min(1.0)
 
 
-def weighted_total(terms: dict[str, torch.Tensor], weights) -> torch.Tensor:
-    """The total loss: sum of ``weights.<name> * terms[name]`` over the five loss names present.
+class Criterion:
+    """The training objective: ``sum(weights[name] * output.<name>)`` over the active terms.
 
-    ``weights`` is ``train.weights`` (a LossWeights section). Other entries of ``terms`` (e.g.
-    the ``mlm_acc`` diagnostic) are not losses and are ignored.
+    ``weights``: the ``train.weights`` section (or any mapping / object with the five names of
+    :data:`TERMS`), the coefficients of the §4 total; their values live in params.yaml only.
+    Built once per run, as open_clip builds its loss. A term is *active* when its weight is > 0;
+    the model computes the active terms only (pass ``terms=criterion.terms`` to
+    ``PFCVR.forward``), so a zero-weight branch costs nothing and its parameters get no gradient.
+
+    Attributes: ``weights`` ({name: float} in TERMS order), ``terms`` (frozenset of the active
+    names), ``names`` (all loss names, :data:`TERMS`; the loss columns of a training history),
+    ``all_active`` (every branch runs, so every parameter gets a gradient: DDP can skip its
+    unused-parameter search).
+
+    Raises ValueError (naming ``train.weights``) when a weight is missing, negative or not
+    finite, or when every weight is zero (nothing to train).
     """
-    total = None
-    for name in TERMS:
-        if name in terms:
-            w = getattr(weights, name)
-            part = w * terms[name]
+
+    names = TERMS
+
+    def __init__(self, weights):
+        get = weights.get if isinstance(weights, Mapping) else (lambda k: getattr(weights, k, None))
+        self.weights: dict[str, float] = {}
+        for name in TERMS:
+            w = get(name)
+            if w is None or isinstance(w, bool) or not isinstance(w, (int, float)) \
+                    or not math.isfinite(w) or w < 0:
+                raise ValueError(f"train.weights.{name}={w!r}: must be a finite number >= 0")
+            self.weights[name] = w
+        self.terms = frozenset(name for name in TERMS if self.weights[name] > 0)
+        if not self.terms:
+            raise ValueError("train.weights: every loss weight is zero; nothing to train")
+
+    @property
+    def all_active(self) -> bool:
+        return len(self.terms) == len(TERMS)
+
+    def __call__(self, output) -> torch.Tensor:
+        """The total loss, a scalar tensor [] (fp32 when the terms are).
+
+        ``output``: the model's output, read by attribute (``output.sdm`` ...); a term is present
+        when not None. Each weight is applied exactly once, in :data:`TERMS` order; a present
+        term whose weight is zero is not added (it is a diagnostic then). Raises ValueError when
+        an active term is missing (the model was not asked for it).
+        """
+        total = None
+        for name in TERMS:
+            if name not in self.terms:
+                continue
+            value = getattr(output, name, None)
+            if value is None:
+                raise ValueError(f"loss term {name!r} has weight train.weights.{name}="
+                                 f"{self.weights[name]:g} but the model did not compute it; "
+                                 "call the model with terms=criterion.terms")
+            part = self.weights[name] * value
             total = part if total is None else total + part
-    if total is None:
-        raise ValueError("train.weights: every loss weight is zero; nothing to train")
-    return total
+        return total
+
+    def __repr__(self) -> str:
+        return "Criterion(" + ", ".join(f"{k}={v:g}" for k, v in self.weights.items()) + ")"

@@ -2,15 +2,26 @@
 
 - Sampler TPE (seeded by `tune.sampler_seed`), median pruner fed with each epoch's val Rank-1.
 - Storage `sqlite:///<repo root>/optuna.db` (``OPTUNA_STORAGE`` overrides it, e.g. a PostgreSQL URL
-  shared by several workers). The study name is derived from everything that is *not* searched, so
-  an interrupted study with the same setup resumes, and a changed setup starts a new study.
+  shared by several workers). The study name is derived from everything that decides a trial's
+  result and is *not* searched (:func:`study_name`): the other params, the space, the tuning epochs,
+  the data (images included), the backbone and the pfcvr code. So an interrupted study with the
+  same setup resumes, and a changed setup (new data, edited code) starts a new study instead of
+  reporting the old one's trials as if they were measured now.
 - `tune.n_trials` counts finished (complete or pruned) trials over all workers and sessions;
   `tune.timeout` bounds one worker's wall time. A failing trial is recorded as failed and the study
-  goes on.
+  goes on, unless :data:`MAX_CONSECUTIVE_FAILURES` trials fail in a row: the same error again and
+  again is a fault of the setup, not bad luck, so the study stops (kept, for a rerun after the fix)
+  and :class:`TuneError` names the last trial's error. A study without any complete trial is a
+  TuneError too: there is no best to report.
+- Each trial trains one seed (`seed`): a difference between trials smaller than the seed noise is
+  not meaningful; the report says so.
+
+:func:`run_study` takes any training function (the tests pass a fake); :func:`tune` is the work
+of the DVC stage `tune`: real training on the train/val splits, then the reports.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
 import os
@@ -22,9 +33,18 @@ from typing import Any, Callable
 
 import optuna
 
-from pfcvr.config import Params, get_dotted, parse_params, read_raw, set_dotted, to_dict
+from pfcvr.config import Params, get_dotted, parse_params, read_raw, set_dotted
+from pfcvr.engine import fingerprint as F
+from pfcvr.tuning_store import claim, fail_own, fail_stale, open_study
 
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# Failed trials in a row (in one worker) after which the study stops: one failure can be bad luck
+# (a diverging point of the space), three with nothing complete in between are a setup fault.
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class TuneError(RuntimeError):
+    """The study cannot give a result: trials keep failing, or none completed."""
 
 
 def storage_url(root: Path) -> str:
@@ -40,14 +60,14 @@ def redact(url: str) -> str:
     return url
 
 
-def study_name(params: Params) -> str:
-    """``pfcvr-tune-<hash>`` of the fixed setup: all params except the searched keys and `tune`."""
-    fixed = to_dict(params)
-    for key in ("ablations", "tune", "report", "tracking"):
-        fixed.pop(key, None)
-    fixed["space"] = params.tune.space
-    fixed["epochs"] = params.tune.epochs
-    digest = hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+def study_name(params: Params, inputs: str = "") -> str:
+    """``pfcvr-tune-<hash>`` of what decides a trial's result besides its point of the space: the
+    params less the searched keys and less those that do not change training (logs, reports,
+    other stages: ``pfcvr.engine.fingerprint.COSMETIC``), plus `tune.space`, `tune.epochs` and
+    ``inputs`` (data, backbone and code: ``pfcvr.engine.seeds.inputs_key``)."""
+    space = params.tune.space
+    digest = F.digest(F.params_key(params, exclude=tuple(space)), space, params.tune.epochs,
+                      inputs)
     return f"pfcvr-tune-{digest[:10]}"
 
 
@@ -82,16 +102,33 @@ def _fmt(v: Any) -> str:
 
 
 def run_study(params: Params, params_path: str | Path, root: Path, *,
-              train_fn: Callable[..., Any], run=None, progress: bool | None = None) -> optuna.Study:
-    """Run (or resume) the study. ``train_fn(trial_params, out_dir, on_epoch, trial_run)`` trains
-    one model and returns its TrainResult (best val metrics in ``.best``)."""
+              train_fn: Callable[..., Any], run=None, progress: bool | None = None,
+              inputs: str = "") -> optuna.Study:
+    """Run (or resume) the study and return it.
+
+    ``params_path``: the params file ``params`` came from (each trial re-validates the raw file
+    with its point of the space applied). ``root``: the repository root (default storage
+    ``root/optuna.db``, scratch folders under ``root/.cache/tune``). ``train_fn(trial_params,
+    out_dir, on_epoch)`` trains one model, calls ``on_epoch(row)`` after each epoch (row keys
+    ``epoch``, ``loss``, ``val_R1``, ``val_mAP``; it raises ``optuna.TrialPruned`` to stop the
+    trial) and returns its TrainResult (best val metrics in ``.best``). ``run``: the tune
+    StageRun, which gets one child run per trial. ``inputs``: the key of the data, backbone and
+    code (part of the study name, :func:`study_name`).
+
+    Raises :class:`TuneError` (the study is kept in its storage) when
+    :data:`MAX_CONSECUTIVE_FAILURES` trials of this call fail in a row, or when the study holds no
+    complete trial at the end; the message names the last failed trial and its error.
+    """
     raw = read_raw(params_path)
     cfg = params.tune
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name(params), storage=storage_url(root), direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
+    # Optuna logs a failed trial as a warning with its traceback; each becomes one line here.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Under a file lock, with heartbeats; trials of killed workers are failed, so counts add up.
+    study = open_study(
+        study_name(params, inputs), storage_url(root), direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    fail_stale(study, progress=progress is not False)
     already = sum(t.state in DONE_STATES for t in study.trials)
     remaining = max(cfg.n_trials - already, 0)
     if progress is not False:
@@ -100,13 +137,36 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
     if remaining == 0:
         return study
     work = Path(tempfile.mkdtemp(prefix="tune-", dir=_scratch(root)))
+    failures: list[str] = []   # this call's failed trials, as one line each
+    streak = [0]               # failed trials in a row
 
     def objective(trial: optuna.Trial) -> float:
-        point = suggest(trial, cfg.space, params)
+        claim(trial)
+        point: dict[str, Any] = {}
+        try:
+            return run_trial(trial, point)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+            message = " ".join(str(err).split()) or "(no message)"
+            failures.append(f"trial {trial.number} ({where}): {type(err).__name__}: {message}")
+            if progress is not False:
+                print(f"failed: {failures[-1]}", flush=True)
+            raise
+
+    def count_failures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        streak[0] = streak[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if streak[0] >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()
+
+    def run_trial(trial: optuna.Trial, point: dict[str, Any]) -> float:
+        point.update(suggest(trial, cfg.space, params))
         tp = trial_params(raw, point, cfg.epochs)
         child = run.child(f"trial {trial.number}", params={**point, "trial": trial.number},
-                          tags={"optuna.study": study.study_name}) if run else None
-        with (child if child is not None else _null()) as trial_run:
+                          tags={"optuna.study": study.study_name}) if run \
+            else contextlib.nullcontext()
+        with child as trial_run:
             def on_epoch(row: dict) -> None:
                 r1 = row.get("val_R1")
                 if r1 is None:
@@ -120,7 +180,7 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
 
             out = work / f"trial_{trial.number}"
             try:
-                result = train_fn(tp, out, on_epoch, trial_run)
+                result = train_fn(tp, out, on_epoch)
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             value = float(result.best["R1"]) if result.best else float("nan")
@@ -132,9 +192,19 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
 
     try:
         study.optimize(objective, timeout=cfg.timeout, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE_STATES)])
+                       callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE_STATES),
+                                  count_failures])
     finally:
+        fail_own(study)   # a trial that SIGTERM (SystemExit) ended is left RUNNING by Optuna
         shutil.rmtree(work, ignore_errors=True)
+    kept = f"the study {study.study_name} is kept in {redact(storage_url(root))}"
+    if streak[0] >= MAX_CONSECUTIVE_FAILURES:
+        raise TuneError(f"{streak[0]} trials in a row failed, the last: {failures[-1]}; fix the "
+                        f"cause (tune.space or the train/model params) and rerun; {kept}")
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        last = f"; the last failure: {failures[-1]}" if failures else ""
+        raise TuneError(f"no trial completed within tune.timeout={cfg.timeout:g} s{last}; "
+                        f"raise tune.timeout or fix the failing trials and rerun; {kept}")
     return study
 
 
@@ -142,14 +212,6 @@ def _scratch(root: Path) -> Path:
     path = root / ".cache" / "tune"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def summarize(study: optuna.Study) -> dict[str, Any]:
@@ -176,3 +238,79 @@ def importances(study: optuna.Study) -> dict[str, float]:
         return dict(optuna.importance.get_param_importances(study))
     except (RuntimeError, ValueError):
         return {}
+
+
+def best_markdown(summary: dict[str, Any]) -> str:
+    """reports/tune/best.md: the study's counts, the best trial, its params, the command that
+    applies them and the parameter importances (from :func:`summarize` + ``importance``)."""
+    command = summary.get("command", "(no trial completed)")
+    lines = ["# Tuning result", "",
+             f"Study `{summary['study']}`: {summary['n_trials']} trials "
+             f"({summary['n_complete']} complete, {summary['n_pruned']} pruned, "
+             f"{summary['n_failed']} failed). Objective: {summary['objective']} on the val split.", ""]
+    if "best_value" in summary:
+        lines += [f"Best val R1: **{summary['best_value']:.2f}** (trial {summary['best_trial']})", "",
+                  "| parameter | value |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |"
+                  for k, v in summary["best_params"].items()]
+        lines += ["", "Apply it:", "", "```", command, "```", ""]
+    if "seed" in summary:   # one seed per trial: a difference, never a significance
+        lines += [f"Each trial trained one seed (seed {summary['seed']}), so trials that differ "
+                  "by less than the seed noise are not told apart by this study; confirm the best "
+                  "params with several seeds (`report.seeds`) before relying on a small gain.", ""]
+    if summary.get("importance"):
+        n = summary.get("importance_trials")
+        over = f" over {n} complete trials; rough with few trials" if n else ""
+        lines += [f"Parameter importance (fANOVA{over}): " + ", ".join(
+            f"`{k}` {v:.2f}" for k, v in summary["importance"].items()), ""]
+    return "\n".join(lines)
+
+
+def tune(params: Params, params_path: str | Path, root: Path, *, prepared: Path, parts: Path,
+         out: Path, history_figure: Path, importance_figure: Path, run=None) -> dict[str, Any]:
+    """Run (or resume) the study with real training on the train/val splits; write its reports.
+
+    Each trial trains with ``train_model`` (seed ``params.seed``, ``tune.epochs`` epochs, no
+    progress output) and is pruned on its per-epoch val Rank-1. Writes ``out/summary.json``
+    (:func:`summarize` + ``storage`` (relative to the repo, password hidden), ``importance``,
+    ``importance_trials``, ``seed`` and ``seeds_per_trial``), ``out/best_params.yaml``,
+    ``out/best.md`` and the two figures. Returns the summary.
+
+    Raises ``pfcvr.storage.WriteError`` before any trial when an output folder (or, with the
+    default storage, the repository root that holds optuna.db) cannot be written, and
+    :class:`TuneError` as :func:`run_study`; then no report is written.
+    """
+    import yaml
+
+    from pfcvr import viz
+    from pfcvr.data.dataset import load_split
+    from pfcvr.engine.train import train_model
+    from pfcvr.io import write_json, write_text
+    from pfcvr.storage import check_writable
+
+    check_writable([out, history_figure.parent, importance_figure.parent, root / ".cache" / "tune",
+                    *([] if os.environ.get("OPTUNA_STORAGE") else [root])])
+    train_split = load_split(prepared, parts, "train")
+    val_split = load_split(prepared, parts, "val")
+    inputs = F.inputs_key(params, prepared, parts, (train_split, val_split))
+
+    def train_fn(tp: Params, out_dir: Path, on_epoch: Callable[[dict], None]):
+        return train_model(tp, train_split, val_split, out_dir, seed=tp.seed, run=None,
+                           progress=False, on_epoch=on_epoch)
+
+    study = run_study(params, params_path, root, train_fn=train_fn, run=run, inputs=inputs)
+    summary = summarize(study)
+    # Relative to the repository, so the committed summary holds no machine-specific path.
+    summary["storage"] = redact(storage_url(root)).replace(f"{root}/", "<repo>/")
+    summary["importance"] = importances(study)
+    summary["importance_trials"] = summary["n_complete"]
+    summary.update(seed=params.seed, seeds_per_trial=1)
+    trials = [{"number": t.number, "value": t.value, "state": t.state.name, "params": t.params}
+              for t in study.trials]
+    write_json(out / "summary.json", summary)
+    write_text(out / "best_params.yaml", yaml.safe_dump(summary.get("best_params", {}),
+                                                        sort_keys=True))
+    write_text(out / "best.md", best_markdown(summary))
+    viz.tune_history_figure(trials, history_figure)
+    viz.importance_figure(summary["importance"], importance_figure)
+    return summary

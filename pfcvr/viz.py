@@ -38,7 +38,10 @@ def ablation_figure(table: dict, path, metrics=("R1", "mAP"), reference: str = "
                        linestyle="--", linewidth=0.8)
     ax.set_xticks(x, variants, rotation=25, ha="right")
     ax.set_ylabel("test score (%)")
-    ax.set_title("Ablations: mean ± std over seeds (dots = single seeds; dashed = full)")
+    one_seed = all(len(table[v][m]["runs"]) < 2 for v in variants for m in metrics)
+    ax.set_title("Ablations: one seed per variant, no error bars (seed noise unknown; dashed = full)"
+                 if one_seed else
+                 "Ablations: mean ± std over seeds (dots = single seeds; dashed = full)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)

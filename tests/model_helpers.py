@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
-from pfcvr.config import PART_CATEGORIES, LossWeights, parse_params
+from pfcvr.config import (PART_CATEGORIES, LossWeights, ModelConfig, deep_merge, parse_section,
+                          read_raw, set_dotted)
 from pfcvr.data.tokenizer import Tokenizer, byte_symbols
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CAPTIONS = [
     "a red sedan with black wheels and tinted windows",
@@ -27,6 +31,7 @@ SMALL = {
 }
 
 FULL = LossWeights(sdm=1.0, id=0.5, mlm=0.5, mim=0.5, part=0.2)
+KW = dict(mask_ratio=0.75, text_mask_ratio=0.15, mim_mask="part")
 
 
 def weights(**kw) -> LossWeights:
@@ -36,16 +41,26 @@ def weights(**kw) -> LossWeights:
     return LossWeights(**base)
 
 
+def train_forward(model, batch: dict, w: LossWeights, **kw) -> dict:
+    """One training forward as the trainer runs it: ``Criterion(w)`` picks the branches, the
+    model returns their unweighted terms, the criterion sums them. Returns {term: tensor} for the
+    computed terms, ``mlm_acc`` when MLM ran, and the total ``loss``. ``kw`` overrides KW."""
+    from pfcvr.losses import Criterion
+
+    criterion = Criterion(w)
+    out = model(batch, terms=criterion.terms, **{**KW, **kw})
+    extra = {} if out.mlm_acc is None else {"mlm_acc": out.mlm_acc}
+    return {**out.terms(), **extra, "loss": criterion(out)}
+
+
 def model_cfg(**overrides):
-    """The ``model`` params section of the small test model (validated like params.yaml)."""
-    raw = json.loads(json.dumps(SMALL))
+    """The ``model`` params section of the small test model: SMALL and ``overrides`` (dotted keys
+    under ``model``) over the repository's params.yaml, validated like it."""
+    raw = read_raw(ROOT / "params.yaml")
+    raw["model"] = deep_merge(raw["model"], json.loads(json.dumps(SMALL)))
     for key, value in overrides.items():
-        node = raw
-        *path, last = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return parse_params({"model": raw}).model
+        set_dotted(raw["model"], key, value)
+    return parse_section(ModelConfig, raw["model"], "model")
 
 
 def small_tokenizer(context_length: int = 16) -> Tokenizer:

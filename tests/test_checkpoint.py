@@ -88,3 +88,111 @@ def test_bad_files_are_named(tmp_path):
                            scaler=scaler, epoch=1, step=1, best=None, history=[])
     with pytest.raises(CheckpointError, match="do not fit this model"):
         load_checkpoint(path, model=nn.Linear(3, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 12: a full disk is named (file, bytes, what to do), before the first step when possible
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (root may mount; skipped where mount is not permitted)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    yield mnt
+    import gc
+    gc.collect()    # a failed torch.save may hold its file until collected
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)   # detach; freed when closed
+
+
+def _big_objects():
+    """About 3 MB of weights and AdamW moments: more than the 1 MB disk."""
+    model = nn.Linear(500, 500)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 500)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_disk_full_while_writing_a_checkpoint_names_the_file(small_disk):
+    """Before: RuntimeError 'basic_ios::clear: iostream error' (or 'unexpected pos ...')."""
+    from pfcvr.storage import DiskSpaceError
+
+    model, opt = _big_objects()
+    path = small_disk / "seed0" / "checkpoint.pt"
+    with pytest.raises(DiskSpaceError) as caught:
+        save_checkpoint(path, model=model, optimizer=opt, scheduler=None, scaler=None, epoch=1,
+                        step=1, best=None, history=[])
+    message = str(caught.value)
+    assert message.startswith(f"disk full while writing the training checkpoint {path} (about "
+                              "3.0 MB needed, ")
+    assert message.endswith("free): free space on that disk (or make the folder a link to a larger "
+                            "one), then rerun; training resumes from the last checkpoint written")
+    assert "\n" not in message and caught.value.errno == 28
+    assert list(path.parent.iterdir()) == []                          # no partial temp file left
+
+
+def test_write_failures_map_to_one_line(tmp_path, monkeypatch):
+    from pfcvr import storage
+    from pfcvr.storage import DiskSpaceError, WriteError, write_errors
+
+    with pytest.raises(DiskSpaceError, match=r"^disk full while writing the history /dev/full \("):
+        with write_errors("/dev/full", "the history"), open("/dev/full", "w") as fh:
+            fh.write("x" * 10_000)                        # ENOSPC from the kernel
+    # torch's bare RuntimeError on a full disk: recognised by the space left
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 1000)
+    with pytest.raises(DiskSpaceError) as caught:
+        with write_errors(tmp_path / "c.pt", "the training checkpoint", size=3_000_000):
+            raise RuntimeError("basic_ios::clear: iostream error")
+    assert str(caught.value) == (f"disk full while writing the training checkpoint {tmp_path}/c.pt "
+                                 "(about 3.0 MB needed, 1.0 kB free): free space on that disk (or "
+                                 "make the folder a link to a larger one), then rerun")
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 10**12)
+    with pytest.raises(WriteError) as caught:         # not a full disk: the cause, with the file
+        with write_errors(tmp_path / "c.pt", "the training checkpoint", size=3_000_000):
+            raise RuntimeError("unexpected pos 576 vs 534\nsecond line")
+    assert str(caught.value) == (f"cannot write the training checkpoint {tmp_path}/c.pt: "
+                                 "unexpected pos 576 vs 534 second line; check that disk "
+                                 "(permissions, mount, health) and rerun")
+    with pytest.raises(KeyError):                     # not a write error: passes unchanged
+        with write_errors(tmp_path / "c.pt", "x"):
+            raise KeyError("bug")
+
+
+def test_free_space_is_checked_before_the_first_step(tmp_path, monkeypatch):
+    from pfcvr import storage
+    from pfcvr.engine.checkpoint import check_checkpoint_space, checkpoint_bytes
+    from pfcvr.storage import DiskSpaceError
+
+    model = nn.Linear(1000, 250)                       # 250,250 parameters
+    assert checkpoint_bytes(model) == (3_003_000, 1_001_000)   # weights + AdamW moments, weights
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 1_000_000)
+    with pytest.raises(DiskSpaceError) as caught:
+        check_checkpoint_space(tmp_path / "seed0", model)
+    assert str(caught.value) == (
+        f"not enough disk space in {tmp_path / 'seed0'} for training checkpoints (a checkpoint of "
+        "3.0 MB and model folders of 1.0 MB): about 9.0 MB needed, 1.0 MB free; free space on "
+        "that disk (or make the folder a link to a larger one) and rerun")
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 9_009_000)
+    assert check_checkpoint_space(tmp_path / "seed0", model) == 9_009_000   # 2 x 3.0 + 3 x 1.0 MB
+
+
+def test_trainer_refuses_to_start_on_a_full_disk(small_disk):
+    from pfcvr.engine.loader import EpochLoader
+    from pfcvr.engine.trainer import Trainer
+    from pfcvr.storage import DiskSpaceError
+    from tests.train_helpers import StandInData, StandInModel, collate, train_cfg, trainer_losses
+
+    params = train_cfg(epochs=1)
+    model = StandInModel(n_in=6, dim=400)              # ~ 0.2 M parameters: a few MB of checkpoints
+    loader = EpochLoader(StandInData(), collate, batch_size=8, seed=0)
+    with pytest.raises(DiskSpaceError, match=rf"^not enough disk space in {small_disk}/seed0 for "
+                                             r"training checkpoints .* MB needed, .* free"):
+        Trainer(model, loader, cfg=params.train, **trainer_losses(params),
+                device=torch.device("cpu"), out_dir=small_disk / "seed0", seed=0, progress=False)

@@ -1,17 +1,16 @@
-"""The params contract: params.yaml <-> typed dataclasses, strict validation with exact messages."""
+"""The params contract: params.yaml <-> pydantic models, strict validation with exact messages."""
 from __future__ import annotations
 
 import copy
-import dataclasses
-import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pfcvr import config as C
 from pfcvr.config import (ConfigError, Params, flatten, get_dotted, load_params, parse_params,
-                          read_raw, set_dotted)
+                          parse_section, read_raw, set_dotted)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -33,43 +32,50 @@ def error_of(raw: dict, changes: dict, variant: str | None = None) -> str:
 
 
 def allowed(cls) -> str:
-    return ", ".join(sorted(f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")))
+    return ", ".join(sorted(cls.model_fields))
+
+
+def _is_section(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 # ---------------------------------------------------------------------------------------------
-# params.yaml <-> dataclasses
+# params.yaml <-> models
 # ---------------------------------------------------------------------------------------------
 
 def _leaves(tree: dict, cls, prefix: str = ""):
-    """(dotted key, field) for every params.yaml leaf, descending only into dataclass sections."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    """(dotted key, field) for every params.yaml leaf, descending only into model sections."""
+    fields = cls.model_fields
     for k, v in tree.items():
         key = f"{prefix}.{k}" if prefix else k
-        assert k in fields, f"params.yaml key {key} has no dataclass field in {cls.__name__}"
-        if dataclasses.is_dataclass(hints[k]):
+        assert k in fields, f"params.yaml key {key} has no model field in {cls.__name__}"
+        if _is_section(fields[k].annotation):
             assert isinstance(v, dict), f"{key} must be a section"
-            yield from _leaves(v, hints[k], key)
+            yield from _leaves(v, fields[k].annotation, key)
         else:
             yield key, fields[k]
 
 
 def _fields(cls, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("internal"):
-            continue
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _fields(hints[f.name], key)
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if _is_section(info.annotation):
+            yield from _fields(info.annotation, key)
         else:
             yield key
 
 
-def test_every_params_yaml_leaf_is_a_dataclass_field_and_back(raw):
+def _all_fields(cls):
+    for info in cls.model_fields.values():
+        yield info
+        if _is_section(info.annotation):
+            yield from _all_fields(info.annotation)
+
+
+def test_every_params_yaml_leaf_is_a_model_field_and_back(raw):
     leaves = dict(_leaves(raw, Params))
     assert len(leaves) > 60
-    # and nothing in the dataclasses is missing from params.yaml (the file documents every knob)
+    # and nothing in the models is missing from params.yaml (the file documents every knob)
     assert sorted(_fields(Params)) == sorted(leaves)
 
 
@@ -86,13 +92,27 @@ def test_loaded_values_equal_the_yaml_values(raw):
     assert flat["train.weights.mim"] == raw["train"]["weights"]["mim"]
 
 
-def test_defaults_of_the_dataclasses_match_params_yaml(raw):
-    """The dataclass defaults are the documented defaults (a missing key means the default)."""
-    p = parse_params({})
-    for key, _ in _leaves(raw, Params):
-        if key.startswith(("ablations", "tune.space")):
-            continue
-        assert get_dotted(p, key) == pytest.approx(get_dotted(raw, key)), key
+def test_defaults_live_in_params_yaml_only(raw):
+    """No model field has a default: a key left out of params.yaml is an error naming it."""
+    fields = list(_all_fields(Params))
+    assert len(fields) > 70 and all(f.is_required() for f in fields)
+    with pytest.raises(ConfigError, match=r"^seed: missing; add it to params\.yaml$"):
+        parse_params({})
+    bad = copy.deepcopy(raw)
+    del bad["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"^train\.lr: missing; add it to params\.yaml$"):
+        parse_params(bad)
+    del bad["model"]["tiny"]
+    with pytest.raises(ConfigError, match=r"^model\.tiny: missing; add it to params\.yaml$"):
+        parse_params(bad)
+    # one section alone (a saved model config, a test's small model) names keys below its prefix
+    weights = {"sdm": 1.0, "id": 0.5, "mlm": 0.5, "mim": 0.5}
+    with pytest.raises(ConfigError, match=r"^train\.weights\.part: missing; add it to params"):
+        parse_section(C.TrainConfig, dict(raw["train"], weights=weights), "train")
+    with pytest.raises(ConfigError) as info:
+        parse_section(C.ModelConfig, dict(raw["model"], image_size=8), "model")
+    assert str(info.value) == "model.image_size=8: must be in [16, 2048]"
+    assert parse_section(C.LossWeights, dict(weights, part=0), "train.weights").part == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +143,8 @@ def test_out_of_range_values(raw):
 
 def test_choices(raw):
     assert error_of(raw, {"data.source": "kitti"}) == (
-        "data.source='kitti': one of synthetic | t2i-veri | t2i-verw | cuhk-pedes")
+        "data.source='kitti': one of synthetic | t2i-veri | t2i-verw | cuhk-pedes | icfg-pedes | "
+        "rstpreid")
     assert error_of(raw, {"data.on_error": "ignore"}) == "data.on_error='ignore': one of raise | skip"
     assert error_of(raw, {"train.precision": "fp8"}) == "train.precision='fp8': one of fp32 | bf16 | fp16"
 
@@ -253,3 +274,171 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match=r"^params\.yaml: must be a mapping of sections$"):
         load_params(bad)
+
+
+def test_a_mapping_override_merges_into_its_section():
+    p = load_params(PARAMS, overrides={"train.weights": {"part": 0.0}})
+    assert p.train.weights.part == 0.0 and p.train.weights.sdm == 1.0 and p.train.weights.mlm == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML 1.2, as `dvc exp run -S` writes params.yaml back (issue 12)
+# ---------------------------------------------------------------------------------------------
+
+def write_params(tmp_path: Path, lines: dict[str, str]) -> Path:
+    """A copy of params.yaml with some lines rewritten (each ``old`` occurs exactly once)."""
+    text = PARAMS.read_text()
+    for old, new in lines.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_small_floats_are_floats_as_in_yaml_1_2(tmp_path):
+    """DVC writes 1e-5 as `1e-05`; YAML 1.1 (PyYAML) would read that as the string '1e-05'."""
+    path = write_params(tmp_path, {"  lr: 1.0e-3 ": "  lr: 1e-05   ",
+                                   "  weight_decay: 4.0e-5\n": "  weight_decay: 4e-05\n",
+                                   "  adam_eps: 1.0e-8 ": "  adam_eps: 1e-08  "})
+    raw = read_raw(path)
+    assert raw["train"]["lr"] == 1e-05 and type(raw["train"]["lr"]) is float
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == "1e-05"   # the PyYAML bug
+    p = load_params(path)
+    assert (p.train.lr, p.train.weight_decay, p.train.adam_eps) == (1e-05, 4e-05, 1e-08)
+
+
+def test_yaml_1_1_booleans_are_strings(tmp_path):
+    path = write_params(tmp_path, {"  flip_masks: true ": "  flip_masks: yes  "})
+    assert read_raw(path)["train"]["flip_masks"] == "yes"
+    with pytest.raises(ConfigError, match=r"^train\.flip_masks='yes': must be true or false$"):
+        load_params(path)
+
+
+def test_read_raw_returns_plain_containers(tmp_path):
+    raw = read_raw(PARAMS)
+    assert type(raw) is dict and type(raw["train"]["weights"]) is dict
+    assert type(raw["report"]["seeds"]) is list and raw["report"]["seeds"] == [0, 1, 2]
+    dup = tmp_path / "params.yaml"
+    dup.write_text("seed: 0\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML"):
+        read_raw(dup)
+
+
+# (`dvc exp run -S` argument, the line DVC writes, dotted key, the value read or the error)
+DVC_SET = [
+    ("train.lr=1e-5", "lr: 1e-05", "train.lr", 1e-05),
+    ("train.weight_decay=4e-5", "weight_decay: 4e-05", "train.weight_decay", 4e-05),
+    ("tune.timeout=1e3", "timeout: 1000.0", "tune.timeout", 1000.0),
+    ("train.epochs=10", "epochs: 10", "train.epochs", 10),
+    ("report.seeds=[0,1]", "- 1", "report.seeds", [0, 1]),
+    ("train.flip_masks=false", "flip_masks: false", "train.flip_masks", False),
+    ("train.weights.part=0", "weights: {sdm: 1.0, id: 0.5, mlm: 0.5, mim: 0.5, part: 0}",
+     "train.weights.part", 0.0),
+    ("train.weights={mlm:0}", "weights: {sdm: 1.0, id: 0.5, mlm: 0, mim: 0.5, part: 0.2}",
+     "train.weights.mlm", 0.0),
+    ("data.annotations='0.5'", "annotations: '0.5'", "data.annotations", "0.5"),
+    ("train.lr='0.5'", "lr: '0.5'", "train.lr", "train.lr='0.5': must be a number"),
+    ("train.epochs='10'", "epochs: '10'", "train.epochs", "train.epochs='10': must be an integer"),
+    ("train.hflip=yes", "hflip: yes", "train.hflip", "train.hflip='yes': must be a number"),
+    ("data.root=null", "root:", "data.root", "data.root=None: must be a string"),
+    ("train.mask_ratio=null", "mask_ratio:", "train.mask_ratio",
+     "train.mask_ratio=None: must be a number"),
+    ("model.backbone=1e-3", "backbone: 0.001", "model.backbone",
+     "model.backbone=0.001: must be a string"),
+    ("model.tiny=null", "tiny:", "model.tiny",
+     "model.tiny: empty (null) section; write its keys in params.yaml"),
+]
+
+
+@pytest.mark.parametrize("override,line,key,expected", DVC_SET, ids=[c[0] for c in DVC_SET])
+def test_every_dvc_set_param_form(tmp_path, override, line, key, expected):
+    """DVC's own `-S` writer (Hydra override grammar, ruamel YAML 1.2 dump) then our reader."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text())
+    hydra.apply_overrides(path, [override])
+    written = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    assert line in written, f"DVC no longer writes {line!r} for {override}"
+    if isinstance(expected, str) and expected.startswith(key):
+        with pytest.raises(ConfigError) as info:
+            load_params(path)
+        assert str(info.value) == expected
+    else:
+        value = get_dotted(load_params(path), key)
+        assert value == expected and type(value) is type(expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Null sections (issue 12): never a silent reset to built-in defaults
+# ---------------------------------------------------------------------------------------------
+
+def test_a_null_section_is_an_error_naming_it(raw):
+    empty = "empty (null) section; write its keys in params.yaml"
+    assert error_of(raw, {"train": None}) == f"train: {empty}"
+    assert error_of(raw, {"train.weights": None}) == f"train.weights: {empty}"
+    assert error_of(raw, {"data.synthetic.split": None}) == f"data.synthetic.split: {empty}"
+    assert error_of(raw, {"ablations": None}) == f"ablations: {empty}"
+    assert error_of(raw, {"tune.space": None}) == f"tune.space: {empty}"
+
+
+def test_a_null_variant_section_overrides_nothing(raw, tmp_path):
+    # `train:` of a variant with everything below commented out reads as null
+    path = write_params(tmp_path, {"    train: {weights: {part: 0.0}}\n":
+                                   "    train:\n    #  weights: {part: 0.0}\n"})
+    assert read_raw(path)["ablations"]["no_part"]["train"] is None
+    p = load_params(path, variant="no_part")
+    assert p.train.weights.part == 0.2 and p.train.lr == 0.001      # the file's own values
+    assert p.description == "without part-level alignment"
+    # a null sub-mapping or a null variant overrides nothing either; other keys still apply
+    tree = copy.deepcopy(raw)
+    tree["ablations"]["x"] = {"train": {"weights": None, "lr": 0.01}, "model": None}
+    tree["ablations"]["empty"] = None
+    x = parse_params(tree, "x")
+    assert x.train.weights.part == 0.2 and x.train.lr == 0.01 and x.model.part_context == "caption"
+    empty = parse_params(tree, "empty")
+    assert empty.train == x.train.model_copy(update={"lr": 0.001}) and empty.description == "empty"
+
+
+def test_a_null_leaf_in_a_variant_is_an_error(raw):
+    assert error_of(raw, {"ablations.bad": {"train": {"lr": None}}}) == (
+        "ablations.bad: train.lr=None: must be a number")
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict types beyond the basics
+# ---------------------------------------------------------------------------------------------
+
+def test_no_string_to_number_coercion(raw):
+    assert error_of(raw, {"train.epochs": "1"}) == "train.epochs='1': must be an integer"
+    assert error_of(raw, {"train.lr": "0.001"}) == "train.lr='0.001': must be a number"
+    assert error_of(raw, {"train.flip_masks": 1}) == "train.flip_masks=1: must be true or false"
+    assert error_of(raw, {"train.lr": float("inf")}) == "train.lr=inf: must be in (0.0, 1.0]"
+    bad = copy.deepcopy(raw)
+    bad["tune"]["space"] = {"train.lr": [1e-5, "1e-3"]}
+    with pytest.raises(ConfigError) as info:
+        parse_params(bad)
+    assert str(info.value) == "tune.space.train.lr[1]='1e-3': must be a number"
+
+
+def test_readme_examples(raw):
+    assert error_of(raw, {"train.weights.prt": 0}) == (
+        "train.weights.prt: unknown parameter; allowed keys of train.weights: "
+        "id, mim, mlm, part, sdm")
+
+
+def test_a_typo_is_reported_before_the_key_it_misses(raw):
+    bad = copy.deepcopy(raw)
+    bad["trian"] = bad.pop("train")
+    with pytest.raises(ConfigError, match=r"^trian: unknown parameter; allowed keys of params"):
+        parse_params(bad)
+
+
+def test_variant_and_description(raw):
+    p = load_params(PARAMS, variant="no_mim")
+    assert (p.variant, p.description) == ("no_mim", "without masked image recovery")
+    assert C.variant_description(p, "no_mim") == "without masked image recovery"
+    base = load_params(PARAMS)
+    assert (base.variant, base.description) == (None, None)
+    assert C.variant_description(base, "baseline") == "sdm + id only (CLIP fine-tuning)"
+    assert "variant" not in flatten(p) and "description" not in C.to_dict(p)

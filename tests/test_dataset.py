@@ -308,3 +308,21 @@ def test_split_shares_one_store_per_image_size(split_data, tok):
     b = ImageDataset(split_data, S, PATCH)
     assert a.store is b.store
     assert ImageDataset(split_data, 24, PATCH).store is not a.store
+
+
+def test_captions_cut_by_the_context_length_are_counted_and_said(split_data):
+    """Issue 12 (silent truncation): every caption of the train fixture (8: two ids x two images x
+    two captions) needs more than 8 tokens; the dataset says so once and counts them."""
+    import warnings
+
+    captions = [c for rec in make_records() for c in rec["captions"]]
+    short = Tokenizer.train(captions, 600, 8)
+    with pytest.warns(UserWarning, match=r"^8 of 8 captions of split 'train' are longer than the "
+                                         r"model's context length of 8 tokens \(longest \d+\) and "
+                                         r"are cut"):
+        ds = ImageTextDataset(split_data, short, S, PATCH, train=False)
+    assert ds.truncated_captions == 8
+    roomy = Tokenizer.train(captions, 600, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ImageTextDataset(split_data, roomy, S, PATCH, train=False).truncated_captions == 0

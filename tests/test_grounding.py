@@ -14,7 +14,7 @@ import torch
 
 from pfcvr.config import PART_CATEGORIES
 from pfcvr.data.grounding import (DetectorError, DetectorSettings, GroundingDetector, best_boxes,
-                                  prompt_phrases, resolve_detector, resolve_device)
+                                  detector_device, prompt_phrases, resolve_detector)
 from tests.test_parts import _stage_env, make_fixture, run_stage
 
 PROMPT = "car window. car light. car wheel. car mirror. car roof. car door."
@@ -122,8 +122,8 @@ def test_tiny_folder_resolves(tiny_detector):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_an_error():
     with pytest.raises(DetectorError, match="parts.device=cuda"):
-        resolve_device("cuda")
-    assert resolve_device("auto") == "cpu"
+        detector_device("cuda")
+    assert detector_device("auto") == "cpu"
 
 
 def test_stage_with_missing_weights_fails_before_any_work(tmp_path, monkeypatch):
@@ -248,3 +248,82 @@ def test_stage_with_groundingdino(tiny_detector, tmp_path, monkeypatch):
               box_threshold=0.0, text_threshold=0.0, device="cpu")
     assert cache.stat().st_mtime_ns == stamp
     assert json.loads(out["out"].read_text()) == doc
+
+
+# ----------------------------------------------------------------------------------------------
+# the cache key covers every input; batches never pad (issue 12)
+# ----------------------------------------------------------------------------------------------
+
+def mixed_size_images(folder: Path) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (w, h) in enumerate([(48, 48), (80, 40), (40, 90), (48, 48)]):
+        p = folder / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def test_detections_do_not_depend_on_the_batch(tiny_detector, tmp_path):
+    """GroundingDINO pads a batch to its largest image, which moved this model's boxes (e.g. image
+    2: wheels at x0 0.4125 alone, 0.1625 in a padded batch of 3). Batches of one size only make an
+    image's detections the same in any batch, so parts.batch_size needs no place in the key."""
+    paths = mixed_size_images(tmp_path)
+    alone = GroundingDetector(settings(tiny_detector, batch_size=1)).detect(paths, progress=False)
+    batched = GroundingDetector(settings(tiny_detector, batch_size=4)).detect(paths, progress=False)
+    for a, b in zip(alone, batched):
+        assert a.keys() == b.keys()
+        for c in a:
+            assert a[c]["box"] == pytest.approx(b[c]["box"], abs=1e-4)
+    det = GroundingDetector(settings(tiny_detector, batch_size=4))
+    det._load()
+    first = dict(zip(map(str, paths), paths))
+    assert det._batches(list(first), first) == [[str(paths[0]), str(paths[3])], [str(paths[1])],
+                                                [str(paths[2])]]
+
+
+def test_cache_is_not_reused_when_an_input_of_the_detections_changes(tiny_detector, tmp_path,
+                                                                     monkeypatch):
+    from pfcvr.data import grounding
+
+    paths = mixed_size_images(tmp_path)[:2]
+    cache = tmp_path / "cache"
+    base = GroundingDetector(settings(tiny_detector), cache_dir=cache)
+    base.detect(paths, progress=False)
+    assert GroundingDetector(settings(tiny_detector), cache_dir=cache).cache_key == base.cache_key
+
+    def computed() -> int:
+        det = GroundingDetector(settings(tiny_detector), cache_dir=cache)
+        det.detect(paths, progress=False)
+        return det.stats["computed"]
+
+    assert computed() == 0
+    # another transformers release (its processor and post-processing run before best_boxes)
+    real = grounding.versions
+    monkeypatch.setattr(grounding, "versions",
+                        lambda *names: {**real(*names), "transformers": "99.0.0"})
+    assert computed() == 2
+    monkeypatch.setattr(grounding, "versions", real)
+    assert computed() == 0
+    # the post-processing code (this module, the lexicon) changed
+    extra = tmp_path / "post.py"
+    extra.write_text("# v1\n")
+    monkeypatch.setattr(grounding, "DETECTOR_SOURCES", (*grounding.DETECTOR_SOURCES, extra))
+    assert computed() == 2 and computed() == 0
+    extra.write_text("# v2: another threshold rule\n")
+    assert computed() == 2
+    # the device type (cuda kernels round differently): the key differs, no GPU needed to see it
+    monkeypatch.setattr(grounding, "detector_device", lambda device: "cuda:0")
+    assert GroundingDetector(settings(tiny_detector), cache_dir=cache).key_inputs["device"] == "cuda"
+    assert GroundingDetector(settings(tiny_detector), cache_dir=cache).cache_key != base.cache_key
+
+
+def test_a_prompt_longer_than_the_detector_reads_is_an_error(tiny_detector):
+    long_prompt = " ".join(["car window."] * 20)   # 20 x (car, window, .) + [CLS] + [SEP] = 62
+    det = GroundingDetector(settings(tiny_detector, prompt=long_prompt))
+    with pytest.raises(DetectorError, match=r"parts\.prompt is 62 tokens long but the detector "
+                                            r"reads 32; shorten it"):
+        det._load()

@@ -102,13 +102,51 @@ def test_losses_are_float32_for_bf16_inputs():
     assert losses.part_loss(v, v, torch.ones(2, 6, dtype=torch.bool), SCALE).dtype == torch.float32
 
 
-def test_weighted_total_applies_each_weight_once():
-    terms = {"sdm": torch.tensor(2.0), "id": torch.tensor(3.0), "mlm": torch.tensor(5.0),
-             "part": torch.tensor(7.0), "mlm_acc": torch.tensor(100.0)}
-    w = LossWeights(sdm=1.0, id=0.5, mlm=0.25, mim=9.0, part=0.1)
-    assert losses.weighted_total(terms, w).item() == pytest.approx(2 + 1.5 + 1.25 + 0.7)
+class _Out:
+    """A model output stand-in: the loss terms as attributes (None = not computed)."""
+
+    def __init__(self, **terms):
+        for name in losses.TERMS + ("mlm_acc",):
+            setattr(self, name, terms.get(name))
 
 
-def test_weighted_total_without_terms_is_an_error():
+def _weights(**kw) -> LossWeights:
+    """Every field given (the defaults live in params.yaml only)."""
+    return LossWeights(**{"sdm": 0.0, "id": 0.0, "mlm": 0.0, "mim": 0.0, "part": 0.0, **kw})
+
+
+def test_criterion_applies_each_weight_once():
+    out = _Out(sdm=torch.tensor(2.0), id=torch.tensor(3.0), mlm=torch.tensor(5.0),
+               part=torch.tensor(7.0), mlm_acc=torch.tensor(100.0))
+    crit = losses.Criterion(_weights(sdm=1.0, id=0.5, mlm=0.25, part=0.1))
+    assert crit(out).item() == pytest.approx(2 + 1.5 + 1.25 + 0.7)
+    # a present term whose weight is zero is a diagnostic, not part of the total
+    out.mim = torch.tensor(9.0)
+    assert crit(out).item() == pytest.approx(2 + 1.5 + 1.25 + 0.7)
+
+
+def test_criterion_without_weights_is_an_error():
     with pytest.raises(ValueError, match="every loss weight is zero"):
-        losses.weighted_total({"mlm_acc": torch.tensor(1.0)}, LossWeights())
+        losses.Criterion(_weights())
+    with pytest.raises(ValueError, match="train.weights: every loss weight is zero"):
+        losses.Criterion({name: 0.0 for name in losses.TERMS})
+
+
+def test_criterion_active_terms_and_ddp_hint():
+    crit = losses.Criterion(_weights(sdm=1.0, mim=0.5))
+    assert crit.terms == frozenset({"sdm", "mim"}) and not crit.all_active
+    assert crit.names == losses.TERMS == ("sdm", "id", "mlm", "mim", "part")
+    assert crit.weights == {"sdm": 1.0, "id": 0.0, "mlm": 0.0, "mim": 0.5, "part": 0.0}
+    full = losses.Criterion({"sdm": 1.0, "id": 0.5, "mlm": 0.5, "mim": 0.5, "part": 0.2})
+    assert full.all_active and full.terms == frozenset(losses.TERMS)
+    assert repr(full) == "Criterion(sdm=1, id=0.5, mlm=0.5, mim=0.5, part=0.2)"
+
+
+def test_criterion_rejects_bad_weights_and_missing_terms():
+    with pytest.raises(ValueError, match=r"train.weights.mim=-1.0: must be a finite number >= 0"):
+        losses.Criterion({"sdm": 1.0, "id": 0.0, "mlm": 0.0, "mim": -1.0, "part": 0.0})
+    with pytest.raises(ValueError, match=r"train.weights.part=None"):
+        losses.Criterion({"sdm": 1.0, "id": 0.0, "mlm": 0.0, "mim": 0.0})
+    crit = losses.Criterion(_weights(sdm=1.0, part=0.5))
+    with pytest.raises(ValueError, match=r"loss term 'part' has weight train.weights.part=0.5"):
+        crit(_Out(sdm=torch.tensor(1.0)))

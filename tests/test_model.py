@@ -9,10 +9,8 @@ from pfcvr.config import PART_CATEGORIES
 from pfcvr.model import build_model, build_tokenizer
 from pfcvr.model.masking import corrupt_captions, ordinary_ids, patch_mask, removed_count
 from pfcvr.model.pfcvr import patchify
-from tests.model_helpers import (CAPTIONS, FULL, model_cfg, random_batch, save_tiny_clip,
-                                 small_model, weights)
-
-KW = dict(mask_ratio=0.75, text_mask_ratio=0.15, mim_mask="part")
+from tests.model_helpers import (CAPTIONS, FULL, KW, model_cfg, random_batch, save_tiny_clip,
+                                 small_model, train_forward, weights)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,13 +44,34 @@ def _grad_groups(model) -> dict[str, tuple[int, int, int]]:
 
 # ------------------------------------------------------------------------------------ outputs
 def test_forward_returns_the_named_finite_float32_losses(model):
-    out = model(random_batch(model), weights=FULL, **KW)
+    out = train_forward(model, random_batch(model), FULL)
     assert set(out) == {"loss", "sdm", "id", "mlm", "mim", "part", "mlm_acc"}
     for name, value in out.items():
         assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value), name
     want = sum(getattr(FULL, k) * out[k] for k in ("sdm", "id", "mlm", "mim", "part"))
     assert torch.allclose(out["loss"], want)
     assert 0.0 <= out["mlm_acc"].item() <= 1.0
+
+
+def test_forward_returns_the_unweighted_terms_it_was_asked_for(model):
+    from pfcvr.losses import Criterion
+    from pfcvr.model import PFCVROutput
+
+    batch = random_batch(model)
+    torch.manual_seed(0)
+    out = model(batch, terms={"part", "sdm"}, **KW)
+    assert isinstance(out, PFCVROutput)
+    assert out.id is None and out.mlm is None and out.mim is None and out.mlm_acc is None
+    assert list(out.terms()) == ["sdm", "part"]                  # TERMS order, not call order
+    # unweighted: the criterion multiplies once, the model never does
+    total = Criterion(weights(sdm=2.0, part=0.5))(out)
+    assert torch.equal(total, 2.0 * out.sdm + 0.5 * out.part)
+    every = model(batch, **KW)                                     # default: all five branches
+    assert list(every.terms()) == ["sdm", "id", "mlm", "mim", "part"]
+    assert every.mlm_acc is not None and every.mlm_acc.requires_grad is False
+    for bad in (set(), {"sdm", "itc"}):
+        with pytest.raises(ValueError, match="must be a non-empty subset of sdm, id, mlm, mim"):
+            model(batch, terms=bad, **KW)
 
 
 def test_encoders_and_part_outputs_have_the_contract_shapes(model):
@@ -88,7 +107,7 @@ def test_global_text_feature_is_the_eot_token(model):
 def test_bf16_autocast_runs_every_branch(model):
     batch = random_batch(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch, weights=FULL, **KW)
+        out = train_forward(model, batch, FULL)
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in out.values())
     out["loss"].backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
@@ -105,7 +124,7 @@ def test_bf16_autocast_runs_every_branch(model):
 ])
 def test_each_loss_reaches_exactly_its_modules(branch, reached):
     m = small_model()
-    out = m(random_batch(m), weights=weights(**{branch: 1.0}), **KW)
+    out = train_forward(m, random_batch(m), weights(**{branch: 1.0}))
     assert set(out) - {"mlm_acc"} == {"loss", branch}
     out["loss"].backward()
     got = _grad_groups(m)
@@ -141,13 +160,13 @@ def test_zero_weight_skips_the_branch_compute():
         rows.append(args[0].shape[0])
 
     m.backbone.text.final_layer_norm.register_forward_pre_hook(count_text)
-    m(random_batch(m, batch_size=4), weights=weights(sdm=1.0), **KW)
+    train_forward(m, random_batch(m, batch_size=4), weights(sdm=1.0))
     assert calls == {"part": 0, "mlm": 0, "mim": 0, "classifier": 0, "text": 1} and rows == [4]
-    m(random_batch(m, batch_size=4), weights=FULL, **KW)
+    train_forward(m, random_batch(m, batch_size=4), FULL)
     # one text pass over 4 captions + 4 corrupted captions + the 6 part prompts
     assert calls["text"] == 2 and rows[1] == 4 + 4 + 6
     assert calls["mlm"] == calls["mim"] == calls["classifier"] == calls["part"] == 1
-    m(random_batch(m, batch_size=4), weights=weights(sdm=1.0, part=0.2), **KW)
+    train_forward(m, random_batch(m, batch_size=4), weights(sdm=1.0, part=0.2))
     assert rows[2] == 4 + 6
 
 
@@ -164,14 +183,14 @@ def test_all_zero_weights_and_missing_classifier_are_errors():
     assert m.classifier is None
     batch = random_batch(m)
     with pytest.raises(ValueError, match="every loss weight is zero"):
-        m(batch, weights=weights(), **KW)
+        train_forward(m, batch, weights())
     with pytest.raises(ValueError, match="num_classes=0"):
-        m(batch, weights=weights(id=0.5), **KW)
-    assert set(m(batch, weights=weights(sdm=1.0, mim=0.5), **KW)) == {"loss", "sdm", "mim"}
+        train_forward(m, batch, weights(id=0.5))
+    assert set(train_forward(m, batch, weights(sdm=1.0, mim=0.5))) == {"loss", "sdm", "mim"}
     with pytest.raises(ValueError, match="train.mim_mask='box'"):
-        m(batch, weights=weights(mim=1.0), mask_ratio=0.5, text_mask_ratio=0.15, mim_mask="box")
+        train_forward(m, batch, weights(mim=1.0), mask_ratio=0.5, mim_mask="box")
     with pytest.raises(ValueError, match="removes no patch"):
-        m(batch, weights=weights(mim=1.0), mask_ratio=0.0, text_mask_ratio=0.15, mim_mask="part")
+        train_forward(m, batch, weights(mim=1.0), mask_ratio=0.0, mim_mask="part")
 
 
 def test_cls_position_quirk():
@@ -181,7 +200,7 @@ def test_cls_position_quirk():
     assert not torch.allclose(normal.encode_image(batch["images"]),
                               quirk.encode_image(batch["images"]))
     for m, row0_used in ((normal, True), (quirk, False)):
-        m(batch, weights=weights(sdm=1.0), **KW)["loss"].backward()
+        train_forward(m, batch, weights(sdm=1.0))["loss"].backward()
         grad = m.backbone.vision.embeddings.position_embedding.weight.grad
         assert bool(grad[0].abs().sum() > 0) == row0_used
 
@@ -189,7 +208,7 @@ def test_cls_position_quirk():
 def test_image_context_uses_the_image_global_feature():
     m = small_model(part_context="image")
     batch = random_batch(m)
-    out = m(batch, weights=weights(part=1.0), **KW)
+    out = train_forward(m, batch, weights(part=1.0))
     out["loss"].backward()
     # With image context the caption pass gets no gradient from the part loss; the part prompts
     # (same text tower) still do, through the token embeddings of their own ids only.
@@ -286,7 +305,7 @@ def test_loss_falls_when_overfitting_one_batch():
     first = last = None
     torch.manual_seed(0)
     for _ in range(25):
-        out = m(batch, weights=FULL, **KW)
+        out = train_forward(m, batch, FULL)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -329,7 +348,7 @@ def test_real_checkpoint_path(tmp_path, monkeypatch):
     ids[0, 2] = tok.mask_id
     assert (ids == tok.eot_id).int().argmax(1).item() == 4 and ids.argmax(1).item() == 2
     batch = random_batch(m, batch_size=4, num_classes=3)
-    out = m(batch, weights=FULL, **KW)
+    out = train_forward(m, batch, FULL)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
 

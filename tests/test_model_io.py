@@ -11,7 +11,7 @@ import pfcvr
 from pfcvr.model import build_model, build_tokenizer
 from pfcvr.model.io import load_model, resolve_model_folder, save_model
 from tests.model_helpers import (CAPTIONS, FULL, model_cfg, random_batch, save_tiny_clip,
-                                 small_model)
+                                 small_model, train_forward)
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,8 @@ def trained():
     m = small_model(num_classes=5, seed=1, cls_pos_quirk=True, part_context="image")
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     for seed in range(2):
-        out = m(random_batch(m, seed=seed, num_classes=5), weights=FULL, mask_ratio=0.5,
-                text_mask_ratio=0.15, mim_mask="random")
+        out = train_forward(m, random_batch(m, seed=seed, num_classes=5), FULL, mask_ratio=0.5,
+                            text_mask_ratio=0.15, mim_mask="random")
         opt.zero_grad()
         out["loss"].backward()
         opt.step()

@@ -3,7 +3,8 @@
 One module-scoped `dvc repro` feeds every test here:
 - every stage's outputs exist and hold sane values;
 - every key of params.yaml is read by some stage, and each stage lists in dvc.yaml the params it
-  reads (config.py records reads when PFCVR_RECORD_PARAMS is set; dvc.lock says what DVC tracks);
+  reads (tests/record_params/sitecustomize.py, on the stages' PYTHONPATH with PFCVR_RECORD_PARAMS
+  set, records the reads; dvc.lock says what DVC tracks);
 - MLflow holds one parent run with the nested stage runs, seen through a real `mlflow server`'s REST
   API and in headless Chromium;
 - `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
@@ -76,7 +77,11 @@ def pipeline(tmp_path_factory):
     record = repo / "params_read.tsv"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "DVC_", "OPTUNA_"))}
+    # The recorder lives in the tests, not the library: Python imports its sitecustomize at start-up.
+    recorder = os.pathsep.join(filter(None, [str(ROOT / "tests" / "record_params"),
+                                             env.get("PYTHONPATH")]))
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PFCVR_RECORD_PARAMS=str(record),
+               PYTHONPATH=recorder,
                MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", PYTHONUNBUFFERED="1")
     run(["git", "init", "-q"], repo, env)
@@ -149,7 +154,7 @@ def test_each_stage_lists_the_params_it_reads(pipeline):
 
 
 def test_mlflow_runs_and_ui(pipeline, tmp_path):
-    from pfcvr.uicheck import MlflowServer, check_ui, chromium_binary
+    from tests.uicheck import MlflowServer, check_ui, chromium_binary
 
     store = f"sqlite:///{pipeline['repo'] / 'mlflow.db'}"
     with MlflowServer(store) as server:

@@ -76,3 +76,102 @@ def test_diagnosis_against_the_attribute_oracle(tmp_path):
     assert "No variant differs" in low[1]
     high = diagnosis(table, deltas, {"oracle_global_R1": 5.0, "oracle_all_R1": 85.0})
     assert "6 % of the way" in high[0]  # (10 - 5) / (85 - 5)
+
+
+def test_report_stage_writes_outputs_and_publishes(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from pfcvr.config import load_params
+    from pfcvr.tracking import stage_runs
+    from stages import report as stage
+
+    params_file = Path(__file__).resolve().parents[1] / "params.yaml"
+    variants = list(load_params(params_file).ablations)
+    metrics = tmp_path / "metrics"
+    for i, variant in enumerate(variants):
+        _write(metrics, variant, [50.0 - i, 52.0 - i, 54.0 - i], [30.0, 30.5, 31.0])
+    write_json(tmp_path / "stats.json", {"splits": {"test": {"images": 12, "ids": 4}},
+                                         "oracle_global_R1": 20.0, "oracle_all_R1": 90.0})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    stage.main(["--params", str(params_file), "--metrics", str(metrics),
+                "--data-stats", str(tmp_path / "stats.json"), "--out-md", str(out / "a.md"),
+                "--out-json", str(out / "a.json"), "--figure", str(out / "a.png")])
+
+    md = (out / "a.md").read_text()
+    assert f"| `{variants[1]}` |" in md and "- splits: test: 12 images, 4 ids" in md
+    assert "oracle_global_R1 = 20.0" in md and "52.0 ± 2.0" in md
+    doc = json.loads((out / "a.json").read_text())
+    assert list(doc) == variants and doc["full"]["R1"]["mean"] == pytest.approx(52.0)
+    assert doc[variants[1]]["R1"]["delta_vs_full"] == pytest.approx(-1.0)
+    assert (out / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| `full` |" in capsys.readouterr().out
+    runs = stage_runs("report")
+    assert runs and runs[0]["status"] == "FINISHED"
+    assert runs[0]["metrics"][f"{variants[1]}/R1"] == pytest.approx(51.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 12: a single seed shows a difference, never a significance
+# ----------------------------------------------------------------------------------------------
+
+def _single(tmp_path, variant, r1):
+    """One seed, as the evaluate stage writes it for report.seeds: [0] (std 0.0, one run)."""
+    cell = {"mean": r1, "std": 0.0, "runs": [r1]}
+    write_json(tmp_path / f"{variant}.json", {"best": {m: cell for m in METRICS},
+                                              "final": {m: cell for m in METRICS}})
+
+
+def test_single_seed_difference_is_not_called_significant(tmp_path):
+    # report.seeds: [0]; `no_part` finds one query fewer of 100 (R1 50.0 -> 49.0)
+    _single(tmp_path, "full", 50.0)
+    _single(tmp_path, "no_part", 49.0)
+    table = collect(["full", "no_part"], tmp_path)
+    deltas = compare(table)
+    d = deltas["no_part"]["R1"]
+    assert d["delta"] == pytest.approx(-1.0)
+    assert d["noise"] is None and d["within_noise"] is None and d["single_seed"] is True
+    assert noise_band(table["full"]["R1"], table["no_part"]["R1"]) is None
+
+    md = ablation_markdown(table, deltas, {"no_part": "without parts"}, ["- setup"], table)
+    assert "outside the seed noise" not in md and "±0" not in md and "± 0.0" not in md
+    assert "a single seed can show a difference, never a significance" in md
+    assert "| `no_part` | without parts | 49.0 | 49.0 | 49.0 | 49.0 | 49.0 | -1.0 | -1.0 |" in md
+    assert ("- `no_part` (without parts): R1 -1.0 against `full`, from a single seed: a difference, "
+            "not a significance") in md
+
+    js = ablation_json(table, deltas)
+    assert js["no_part"]["R1"] == {"mean": 49.0, "std": None, "runs": [49.0], "single_seed": True,
+                                   "delta_vs_full": -1.0, "within_noise": None}
+    assert js["full"]["R1"]["single_seed"] is True and js["full"]["R1"]["std"] is None
+    json.dumps(js)
+
+
+def test_single_seed_diagnosis_makes_no_noise_claim(tmp_path):
+    from pfcvr.report import diagnosis
+    _single(tmp_path, "full", 30.0)
+    _single(tmp_path, "no_part", 30.0)
+    table = collect(["full", "no_part"], tmp_path)
+    lines = diagnosis(table, compare(table), {})
+    assert lines == ["- With a single seed, no difference here can be told from seed noise: train "
+                     "two or more seeds (`report.seeds`) before reading an effect into it."]
+
+
+def test_several_seeds_keep_the_noise_verdict_and_flag(tmp_path):
+    _write(tmp_path, "full", [50.0, 52.0, 54.0], [30.0, 30.5, 31.0])
+    _write(tmp_path, "no_part", [40.0, 41.0, 42.0], [30.0, 31.0, 30.5])
+    table = collect(["full", "no_part"], tmp_path)
+    js = ablation_json(table, compare(table))
+    assert js["no_part"]["R1"]["single_seed"] is False and js["no_part"]["R1"]["std"] == 1.0
+
+
+def test_single_seed_cards_show_no_spread():
+    from pfcvr.reporting import evaluation_card, mean_std
+
+    assert mean_std({"mean": 12.345, "std": 0.0, "runs": [12.345]}) == "12.35 (1 seed)"
+    assert mean_std({"mean": 12.0, "std": 1.5, "runs": [10.5, 13.5]}) == "12.00 ± 1.50"
+    one = {m: {"mean": 10.0, "std": 0.0, "runs": [10.0]} for m in ("R1", "mAP")}
+    card = evaluation_card("full", "all", {"best": one}, {}, {"seeds": [0]})
+    assert "| best | 10.00 (1 seed) | 10.00 (1 seed) |" in card and "± 0.00" not in card

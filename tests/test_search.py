@@ -184,3 +184,131 @@ def test_module_entry_point_runs_end_to_end(env, tmp_path):
                                                                 "vehicle, e.g. \"white SUV with a "
                                                                 "black roof rack\"")
     assert Path(shutil.which("pfcvr", path=str(Path(sys.executable).parent)) or "").name == "pfcvr"
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: no silent truncation; cache keys that cover every input; images ranked once
+# ----------------------------------------------------------------------------------------------
+
+LONG = "a white suv with a black roof rack and chrome wheels " * 100          # 5,300 characters
+
+
+def test_a_query_longer_than_the_context_says_how_much_was_used(env, tmp_path, capsys):
+    import json
+
+    from pfcvr.model.io import load_model
+
+    assert len(LONG) == 5300
+    tok = load_model(env["model"]).tokenizer
+    total = tok.count_tokens([LONG])[0]
+    assert tok.context_length == 32 and total == 2102      # 21 BPE pieces x 100 + start + end
+    cache = str(tmp_path / "c")
+    base = ["search", "--model", str(env["model"]), "--gallery", str(env["gallery"]),
+            "--cache-dir", cache]
+    assert cli([*base, LONG]) == 0
+    captured = capsys.readouterr()
+    warning = ('warning: the query is 2102 tokens long but the model reads 32 (its context length): '
+               'only 32 tokens are used, up to "... suv with a black roof r"; the rest does not '
+               'change the ranking, so shorten the query to what matters most')
+    assert captured.err.strip() == warning
+    assert ("tokens:  32 of 2102 used (the model's context length is 32; the rest of the query "
+            "was cut)") in captured.out
+    # two queries that differ only after the cut rank identically (that is why it is said)
+    other = LONG + " but it was actually a red bus"
+    assert cli([*base, "--json", other]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["tokens"] == {"tokens": 2120, "used": 32, "context_length": 32, "truncated": True,
+                             "kept_text": tok.kept_text(LONG)}
+    assert doc["warnings"] == [warning.removeprefix("warning: ").replace("2102", "2120")]
+    with pytest.warns(UserWarning, match="the query is 2102 tokens long"):
+        first = run_search(env["model"], env["gallery"], LONG, cache_dir=tmp_path / "c")
+    assert [h["path"] for h in doc["hits"]] == [str(h.path) for h in first.hits]
+    # a query that fits says nothing about tokens
+    assert cli([*base, "--json", "red van"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tokens"]["truncated"] is False and doc["tokens"]["used"] == doc["tokens"]["tokens"]
+    assert doc["warnings"] == []
+
+
+def test_gallery_cache_is_not_reused_when_an_input_of_the_embeddings_changes(env, tmp_path,
+                                                                              monkeypatch):
+    import os
+
+    from pfcvr.search import index as I
+    from pfcvr.search.gallery import load_gallery
+
+    cache = tmp_path / "cache"
+    gallery = tmp_path / "g"
+    shutil.copytree(env["gallery"] / "00001", gallery)
+
+    def hit() -> bool:
+        return run_search(env["model"], gallery, "red van", cache_dir=cache).index.cache_hit
+
+    assert not hit() and hit()
+    # the image-encoding code changed (decode, resize, normalise, the image tower)
+    extra = tmp_path / "encode_extra.py"
+    extra.write_text("# v1\n")
+    monkeypatch.setattr(I, "ENCODER_SOURCES", (*I.ENCODER_SOURCES, extra))
+    assert not hit() and hit()
+    extra.write_text("# v2: another resize filter\n")
+    assert not hit()
+    # a gallery image rewritten with other pixels but its old size and modification time
+    import io
+
+    from PIL import Image
+
+    img = sorted(gallery.glob("*.png"))[0]
+    st = img.stat()
+    red = io.BytesIO()
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(red, format="PNG")
+    assert len(red.getvalue()) < st.st_size            # padded after IEND: still a valid PNG
+    assert hit()
+    img.write_bytes(red.getvalue().ljust(st.st_size, b"\0"))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert img.stat().st_size == st.st_size and img.stat().st_mtime_ns == st.st_mtime_ns
+    again = run_search(env["model"], gallery, "red van", cache_dir=cache)
+    assert not again.index.cache_hit and again.index.skipped == []
+    # another torch release, another device type: other keys
+    g = load_gallery(gallery)
+    key = I.cache_key("m", 48, g, "cpu")
+    assert I.cache_key("m", 48, g, "cuda") != key
+    real = I.versions
+    monkeypatch.setattr(I, "versions", lambda *names: {**real(*names), "torch": "99.0"})
+    assert I.cache_key("m", 48, g, "cpu") != key
+
+
+def test_model_digest_memo_notices_weights_rewritten_with_old_size_and_mtime(tmp_path):
+    import os
+
+    from pfcvr.search.models import model_fingerprint
+
+    folder, memo = tmp_path / "m", tmp_path / "memo"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"A" * 64)
+    before = model_fingerprint(folder, memo)
+    assert model_fingerprint(folder, memo) == before and list(memo.glob("digest-*"))
+    st = weights.stat()
+    weights.write_bytes(b"B" * 64)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert model_fingerprint(folder, memo) != before
+
+
+def test_a_manifest_gallery_ranks_an_image_listed_twice_once(env, tmp_path):
+    import json
+
+    from pfcvr.search.gallery import load_gallery
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(env["prepared"], prepared)
+    records = json.loads((prepared / "manifest.json").read_text())
+    doubled = [r for rec in records for r in (rec, dict(rec, captions=["again"]))]
+    (prepared / "manifest.json").write_text(json.dumps(doubled))
+    g = load_gallery(prepared / "manifest.json", "test")
+    assert len(g.paths) == len(set(g.paths)) == sum(r["split"] == "test" for r in records) == 8
+    doubled[1]["id"] = doubled[0]["id"] + 1
+    (prepared / "manifest.json").write_text(json.dumps(doubled))
+    with pytest.raises(SearchError, match=r"image .* is record 0 and record 1 with different ids"):
+        load_gallery(prepared / "manifest.json")

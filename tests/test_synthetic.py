@@ -11,6 +11,7 @@ import pytest
 
 from pfcvr.config import PART_CATEGORIES, load_params
 from pfcvr.data import synthetic as S
+from pfcvr.data.synthetic import generator
 from pfcvr.data.manifest import save_manifest, validate_records
 from pfcvr.data.oracle import attribute_oracle, oracle_similarity
 
@@ -200,7 +201,7 @@ def test_generate_is_deterministic_and_valid(tmp_path):
 
 def test_generate_with_worker_processes_is_byte_identical(tmp_path, monkeypatch):
     # with 2 processes the output must not change: each image has its own seed
-    monkeypatch.setattr(S, "IMAGES_PER_WORKER", 8)
+    monkeypatch.setattr(generator, "IMAGES_PER_WORKER", 8)
     p = tiny_params(**{"data.synthetic.n_ids": 8, "data.synthetic.image_size": 32})
     one = S.generate(p.data.synthetic, 0, tmp_path / "one", workers=1)
     two = S.generate(p.data.synthetic, 0, tmp_path / "two", workers=2)

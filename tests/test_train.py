@@ -11,9 +11,10 @@ import torch
 
 from pfcvr.engine import distributed as D
 from pfcvr.engine.checkpoint import read_checkpoint
-from pfcvr.engine.train import EpochLoader, NonFiniteLossError, Trainer, seed_everything
-from tests.train_helpers import (StandInData, StandInModel, collate, forward_kwargs,
-                                 nearest_center_eval, save_state, train_cfg)
+from pfcvr.engine.loader import EpochLoader, seed_everything
+from pfcvr.engine.trainer import NonFiniteLossError, Trainer
+from tests.train_helpers import (StandInData, StandInModel, collate, nearest_center_eval,
+                                 save_state, train_cfg, trainer_losses)
 
 CPU = torch.device("cpu")
 
@@ -33,8 +34,8 @@ def fit(tmp, params, *, seed=0, model_kw=None, stop_after=None, fingerprint="fp"
         if stop_after is not None and row["epoch"] == stop_after:
             raise Stop
 
-    trainer = Trainer(model, loader, cfg=params.train, forward_kwargs=forward_kwargs(params),
-                      device=CPU, out_dir=tmp, seed=seed, evaluate=nearest_center_eval(val),
+    trainer = Trainer(model, loader, cfg=params.train, **trainer_losses(params), device=CPU,
+                      out_dir=tmp, seed=seed, evaluate=nearest_center_eval(val),
                       save_model=save_state, fingerprint=fingerprint, run=run,
                       progress=progress, on_epoch=on_epoch)
     return trainer.fit(), model
@@ -171,7 +172,7 @@ def test_trains_on_cuda(tmp_path, precision):
     model = StandInModel()
     data = StandInData()
     trainer = Trainer(model, EpochLoader(data, collate, batch_size=8, seed=0), cfg=params.train,
-                      forward_kwargs=forward_kwargs(params), device=D.resolve_device("cuda"),
+                      **trainer_losses(params), device=D.resolve_device("cuda"),
                       out_dir=tmp_path, seed=0, progress=False)
     assert trainer.optimizer.defaults["fused"]
     res = trainer.fit()
@@ -225,6 +226,38 @@ def test_train_model_real(project, tmp_path):
     cfg = json.loads((tmp_path / "best" / "config.json").read_text())
     assert "variant" in json.dumps(cfg) and "epoch" in json.dumps(cfg)
     assert json.loads((tmp_path / "result.json").read_text())["best"]["R1"] == res.best["R1"]
+
+
+@pytest.mark.parametrize("variant, find_unused", [("full", False), ("no_mim", True)])
+def test_train_model_asks_ddp_to_find_unused_parameters_only_with_a_branch_off(
+        project, tmp_path, monkeypatch, variant, find_unused):
+    from pfcvr.config import load_params
+    from pfcvr.engine import trainer
+    from pfcvr.engine.train import train_model
+
+    seen = []
+
+    def wrap_ddp(model, device, find_unused=True):
+        seen.append(find_unused)
+        return model
+    monkeypatch.setattr(trainer.D, "wrap_ddp", wrap_ddp)
+    params = load_params(project / "params.yaml", variant=variant,
+                         overrides={"train.epochs": 1, "train.batch_size": 32})
+    train, _ = _splits(project)
+    res = train_model(params, train, None, tmp_path, seed=0, progress=False)
+    assert seen == [find_unused]
+    assert (res.history[0]["mim"] is None) == (variant == "no_mim")
+
+
+def test_train_model_without_any_loss_weight_stops_before_work(project, tmp_path):
+    from pfcvr.config import load_params
+    from pfcvr.engine.train import train_model
+
+    params = load_params(project / "params.yaml", overrides={
+        "train.weights": {"sdm": 0.0, "id": 0.0, "mlm": 0.0, "mim": 0.0, "part": 0.0}})
+    with pytest.raises(ValueError, match="train.weights: every loss weight is zero"):
+        train_model(params, *_splits(project), tmp_path / "out", seed=0, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_bf16_step_on_cpu_real_model(project, tmp_path):
@@ -289,7 +322,9 @@ def test_stage_outputs_and_mlflow(stage_dir):
     assert "without masked image recovery" in card and "`train.weights.mim` | 0.5 | 0.0" in card
     with open(stage_dir / "reports/train/no_mim/history.tsv") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert list(rows[0]) == list(stage.COLUMNS)
+    from pfcvr.reporting import HISTORY_COLUMNS
+
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
     assert [(r["seed"], r["epoch"]) for r in rows] == [("5", "1"), ("5", "2")]
     assert all(r["mim"] == "" and float(r["mlm"]) > 0 and r["val_R1"] for r in rows)
     assert (stage_dir / "reports/figures/train_no_mim.png").read_bytes()[:4] == b"\x89PNG"

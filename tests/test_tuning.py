@@ -22,7 +22,7 @@ def fake_training(fail_when=None):
     """A deterministic stand-in for train_model: val R1 rises with epochs and peaks at mask 0.6."""
     calls = []
 
-    def train_fn(tp, out_dir, on_epoch, trial_run):
+    def train_fn(tp, out_dir, on_epoch):
         ratio = tp.train.mask_ratio
         calls.append(ratio)
         if fail_when and fail_when(tp):
@@ -81,3 +81,183 @@ def test_command_and_redaction():
     assert exp_run_command({"train.mask_ratio": 0.31234, "train.weights.mim": 1.0}) == \
         "dvc exp run -S train.mask_ratio=0.3123 -S train.weights.mim=1"
     assert redact("postgresql://user:secret@db:5432/optuna") == "postgresql://user:***@db:5432/optuna"
+
+
+def test_best_markdown():
+    from pfcvr.tuning import best_markdown
+
+    summary = {"study": "s", "n_trials": 3, "n_complete": 2, "n_pruned": 1, "n_failed": 0,
+               "objective": "val R1 (best epoch)", "best_value": 51.234, "best_trial": 1,
+               "best_params": {"train.mask_ratio": 0.61234, "model.embed_dim": 64},
+               "command": "dvc exp run -S train.mask_ratio=0.6123 -S model.embed_dim=64",
+               "importance": {"train.mask_ratio": 0.75, "model.embed_dim": 0.25}}
+    assert best_markdown(summary) == "\n".join([
+        "# Tuning result", "",
+        "Study `s`: 3 trials (2 complete, 1 pruned, 0 failed). Objective: val R1 (best epoch) on "
+        "the val split.", "",
+        "Best val R1: **51.23** (trial 1)", "", "| parameter | value |", "|---|---|",
+        "| `train.mask_ratio` | 0.6123 |", "| `model.embed_dim` | 64 |", "", "Apply it:", "",
+        "```", "dvc exp run -S train.mask_ratio=0.6123 -S model.embed_dim=64", "```", "",
+        "Parameter importance (fANOVA): `train.mask_ratio` 0.75, `model.embed_dim` 0.25", ""])
+    empty = {k: summary[k] for k in ("study", "n_trials", "n_complete", "n_pruned", "n_failed",
+                                     "objective")}
+    assert "Best val R1" not in best_markdown(empty)
+
+
+def test_stage_honours_params_and_writes_reports(tmp_path, monkeypatch):
+    """`python -m stages.tune --params other.yaml` in-process, with training replaced by the fake."""
+    import json
+
+    import pfcvr.data.dataset
+    import pfcvr.engine.train
+    from pfcvr import tracking
+    from stages import tune as stage
+
+    path = _copy_params(tmp_path, {"tune.n_trials": 3, "tune.epochs": 2})
+    path = path.rename(tmp_path / "other.yaml")
+    fn, calls = fake_training()
+    empty_split = SimpleNamespace(split="train", records=[], images_root=tmp_path)
+    monkeypatch.setattr(pfcvr.data.dataset, "load_split", lambda *a, **k: empty_split)
+    monkeypatch.setattr(pfcvr.engine.train, "train_model",
+                        lambda tp, tr, val, out, seed, run, progress, on_epoch: fn(tp, out, on_epoch))
+    monkeypatch.chdir(tmp_path)
+    for k, v in {"OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}", "DVC_ROOT": str(tmp_path),
+                 "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "DVC_EXP_NAME": "tune-test"}.items():
+        monkeypatch.setenv(k, v)
+    summary = stage.main(["--params", str(path)])
+    assert len(calls) == 3 and summary["n_complete"] + summary["n_pruned"] == 3
+    stored = json.loads((tmp_path / "reports/tune/summary.json").read_text())
+    assert stored["best_value"] == summary["best_value"]
+    assert stored["storage"] == "sqlite:///<repo>/optuna.db"
+    assert yaml.safe_load((tmp_path / "reports/tune/best_params.yaml").read_text()) == \
+        summary["best_params"]
+    assert (tmp_path / "reports/tune/best.md").read_text().startswith("# Tuning result")
+    for fig in ("tune_history.png", "tune_importance.png"):
+        assert (tmp_path / "reports/figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    (run,) = tracking.stage_runs("tune")
+    assert run["status"] == "FINISHED" and run["metrics"]["best_value"] == summary["best_value"]
+    client = tracking._client()
+    trials = client.search_runs([client.get_run(run["run_id"]).info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{run['run_id']}'")
+    assert sorted(t.info.run_name for t in trials) == ["trial 0", "trial 1", "trial 2"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 12: a failing study is an error, not a success; the study name covers every input
+# ----------------------------------------------------------------------------------------------
+
+def test_study_whose_trials_all_fail_stops_after_three_and_is_kept(tmp_path, monkeypatch):
+    from pfcvr.tuning import MAX_CONSECUTIVE_FAILURES, TuneError
+
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    path = _copy_params(tmp_path, {"tune.n_trials": 4, "tune.epochs": 2, "tune.timeout": 3600})
+    fn, calls = fake_training(fail_when=lambda tp: True)
+    params = load_params(path)
+    with pytest.raises(TuneError) as caught:
+        run_study(params, path, tmp_path, train_fn=fn, progress=False)
+    assert MAX_CONSECUTIVE_FAILURES == 3 and len(calls) == 3       # not retried until the timeout
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("3 trials in a row failed, the last: trial 2 (train.")
+    assert "): RuntimeError: diverged; fix the cause (tune.space or the train/model params)" in message
+    assert f"the study {study_name(params)} is kept in sqlite:///{tmp_path}/optuna.db" in message
+    kept = optuna.load_study(study_name=study_name(params),
+                             storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in kept.trials] == ["FAIL", "FAIL", "FAIL"]
+
+
+def test_study_with_no_complete_trial_at_timeout_is_an_error(tmp_path, monkeypatch):
+    from pfcvr.tuning import TuneError
+
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    path = _copy_params(tmp_path, {"tune.n_trials": 4, "tune.epochs": 2, "tune.timeout": 0.001})
+    fn, calls = fake_training(fail_when=lambda tp: True)
+    with pytest.raises(TuneError, match=r"^no trial completed within tune.timeout=0.001 s; the last "
+                                        r"failure: trial 0 \(.*\): RuntimeError: diverged"):
+        run_study(load_params(path), path, tmp_path, train_fn=fn, progress=False)
+    assert len(calls) == 1
+
+
+def test_failures_between_successes_do_not_stop_the_study(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    path = _copy_params(tmp_path, {"tune.n_trials": 3, "tune.epochs": 2})
+    fn, calls = fake_training(fail_when=lambda tp: len(calls) in (1, 2, 4, 5))   # 2 in a row, twice
+    s = summarize(run_study(load_params(path), path, tmp_path, train_fn=fn, progress=False))
+    assert s["n_failed"] == 4 and s["n_complete"] + s["n_pruned"] == 3
+
+
+def test_study_name_covers_data_code_and_not_the_searched_values():
+    a = load_params("params.yaml")
+    searched = load_params("params.yaml", overrides={"train.weights.mlm": 0.9})   # in tune.space
+    cosmetic = load_params("params.yaml", overrides={"train.log_every": 7, "eval.topk_queries": 2})
+    assert study_name(a) == study_name(searched) == study_name(cosmetic)
+    assert study_name(a, inputs="data+code v1") != study_name(a, inputs="data+code v2")
+    assert study_name(load_params("params.yaml", overrides={"tune.epochs": 3})) != study_name(a)
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory):
+    from tests.train_helpers import make_project
+
+    root = tmp_path_factory.mktemp("tune_project")
+    make_project(root, {"tune.n_trials": 4, "tune.epochs": 1, "tune.timeout": 3600,
+                        "tune.space": {"train.batch_size": [200, 300]}})
+    return root
+
+
+def test_the_issue_example_batch_larger_than_the_train_split(tiny_project, tmp_path, monkeypatch,
+                                                            capsys):
+    """`tune.space: {train.batch_size: [200, 300]}` on a train split of fewer samples: every
+    trial fails the same way; the stage exits 1 with one line, writes no best_params.yaml."""
+    import functools
+
+    from pfcvr.errors import run_stage
+    from stages import tune as stage
+
+    monkeypatch.chdir(tiny_project)
+    for k, v in {"OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
+                 "DVC_ROOT": str(tiny_project), "DVC_EXP_NAME": "tune-fails",
+                 "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}.items():
+        monkeypatch.setenv(k, v)
+    code = run_stage("tune", functools.partial(stage.main, ["--params", "params.yaml"]))
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tune:")]
+    assert len(err) == 1
+    assert err[0].startswith("tune: error: 3 trials in a row failed, the last: trial 2 "
+                             "(train.batch_size=")
+    assert "fewer than one batch of train.batch_size=" in err[0]
+    assert "lower train.batch_size" in err[0]
+    assert not (tiny_project / "reports/tune/best_params.yaml").exists()
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(names) == 1 and names[0].startswith("pfcvr-tune-")       # the study is kept
+
+
+def test_nested_space_entry_is_named():
+    """What `dvc exp run -S '+tune.space.train.batch_size=[200,300]'` writes (a nested mapping)."""
+    from pfcvr.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_params("params.yaml", overrides={"tune.space": {"train": {"batch_size": [200, 300]}}})
+    assert str(caught.value) == (
+        "tune.space.train: a nested mapping; write each searched parameter as one dotted key under "
+        "tune.space in params.yaml, e.g. `train.batch_size: [low, high]` (`dvc exp run -S` splits "
+        "a key at its dots, so it cannot add one)")
+    ok = load_params("params.yaml", overrides={"tune.space": {"train.batch_size": [200, 300]}})
+    assert ok.tune.space["train.batch_size"] == [200.0, 300.0]
+
+
+def test_unwritable_report_folder_stops_tune_before_any_trial(tiny_project, tmp_path, monkeypatch):
+    from pfcvr.storage import WriteError
+    from pfcvr.tuning import tune
+
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file in the way")
+    params = load_params(tiny_project / "params.yaml")
+    with pytest.raises(WriteError, match=r"^output folder .*reports/tune cannot be created: .*"
+                                         r"reports is a file, not a folder; move or delete it$"):
+        tune(params, tiny_project / "params.yaml", tmp_path, prepared=tiny_project / "data/prepared",
+             parts=tiny_project / "data/parts/parts.json", out=blocker / "tune",
+             history_figure=tmp_path / "h.png", importance_figure=tmp_path / "i.png")
+    assert not (tmp_path / "optuna.db").exists()

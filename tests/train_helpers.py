@@ -14,7 +14,8 @@ from pfcvr.config import load_params
 
 
 class StandInModel(nn.Module):
-    """``forward(batch, *, weights, mask_ratio, text_mask_ratio, mim_mask) -> {loss, id, mim}``.
+    """``forward(batch, *, terms, mask_ratio, text_mask_ratio, mim_mask) -> PFCVROutput(id, mim)``,
+    the unweighted terms named in ``terms`` (``id`` and/or ``mim``), as the real model.
 
     Uses the global RNG (random input masking, dropout) like the real model, so RNG handling
     matters for exact resume. ``nan_at`` makes the 'mim' term NaN at that forward call (1-based).
@@ -31,7 +32,9 @@ class StandInModel(nn.Module):
         self.nan_at, self.calls, self.randomness = nan_at, 0, randomness
         self.seen_dtype = None
 
-    def forward(self, batch, *, weights, mask_ratio, text_mask_ratio, mim_mask):
+    def forward(self, batch, *, terms, mask_ratio, text_mask_ratio, mim_mask):
+        from pfcvr.model import PFCVROutput
+
         self.calls += 1
         x = batch["x"]
         if self.randomness:
@@ -40,12 +43,13 @@ class StandInModel(nn.Module):
             keep = torch.ones_like(x)
         h = self.drop(self.backbone(x * keep))
         self.seen_dtype = h.dtype
-        out = {"id": F.cross_entropy(self.id_classifier(h).float(), batch["pids"])}
-        if weights.mim > 0:
-            out["mim"] = F.mse_loss(self.mim_head(h).float(), x.float())
+        out = PFCVROutput()
+        if "id" in terms:
+            out.id = F.cross_entropy(self.id_classifier(h).float(), batch["pids"])
+        if "mim" in terms:
+            out.mim = F.mse_loss(self.mim_head(h).float(), x.float())
             if self.nan_at is not None and self.calls == self.nan_at:
-                out["mim"] = out["mim"] * float("nan")
-        out["loss"] = weights.id * out["id"] + weights.mim * out.get("mim", 0.0)
+                out.mim = out.mim * float("nan")
         return out
 
 
@@ -92,16 +96,18 @@ def train_cfg(**overrides):
     base = {"train.epochs": 3, "train.batch_size": 8, "train.lr": 1e-2, "train.warmup_epochs": 0.5,
             "train.eval_every": 1, "train.log_every": 2, "train.grad_clip": 5.0,
             "train.precision": "fp32", "train.device": "cpu", "train.num_workers": 0,
-            "train.weights.id": 1.0, "train.weights.mim": 0.5}
+            "train.weights": {"sdm": 0.0, "id": 1.0, "mlm": 0.0, "mim": 0.5, "part": 0.0}}
     base.update({f"train.{k}" if not k.startswith("train.") else k: v for k, v in overrides.items()})
     return load_params("params.yaml", overrides=base)
 
 
-def forward_kwargs(params):
-    cfg = params.train
-    return {"weights": cfg.weights, "mask_ratio": cfg.mask_ratio,
-            "text_mask_ratio": cfg.text_mask_ratio, "mim_mask": cfg.mim_mask}
+def trainer_losses(params) -> dict:
+    """The loss arguments of a Trainer from the params: ``criterion`` and ``forward_kwargs``."""
+    from pfcvr.engine.train import forward_kwargs
+    from pfcvr.losses import Criterion
 
+    return {"criterion": Criterion(params.train.weights),
+            "forward_kwargs": forward_kwargs(params.train)}
 
 
 def join_world(rank: int, world: int, port: int):
@@ -128,7 +134,8 @@ def ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
     from pathlib import Path
 
     from pfcvr.engine import distributed as D
-    from pfcvr.engine.train import EpochLoader, Trainer, seed_everything
+    from pfcvr.engine.loader import EpochLoader, seed_everything
+    from pfcvr.engine.trainer import Trainer
 
     info = join_world(rank, world, port)
     try:
@@ -148,7 +155,7 @@ def ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
             seen.append(batch["image_index"].clone())
             return orig(batch, **kw)
         model.forward = spy
-        trainer = Trainer(model, loader, cfg=params.train, forward_kwargs=forward_kwargs(params),
+        trainer = Trainer(model, loader, cfg=params.train, **trainer_losses(params),
                           device=torch.device("cpu"), out_dir=Path(workdir) / f"out{world}",
                           seed=0, evaluate=nearest_center_eval(data), progress=False, info=info)
         res = trainer.fit()
@@ -221,7 +228,8 @@ def ddp_real_worker(rank: int, world: int, port: int, project: str, workdir: str
     from pfcvr.config import load_params
     from pfcvr.data.dataset import ImageTextDataset, load_split, pid_map
     from pfcvr.engine import distributed as D
-    from pfcvr.engine.train import EpochLoader, Trainer, forward_kwargs as fwd, seed_everything
+    from pfcvr.engine.loader import EpochLoader, seed_everything
+    from pfcvr.engine.trainer import Trainer
     from pfcvr.model import build_model, build_tokenizer
 
     info = join_world(rank, world, port)
@@ -239,9 +247,11 @@ def ddp_real_worker(rank: int, world: int, port: int, project: str, workdir: str
         ds = ImageTextDataset(train, tok, model.image_size, model.image_size // model.grid_size,
                               train=True, hflip=0.0, pid_map=labels)
         loader = EpochLoader(Subset(ds, range(8)), ds.collate, batch_size=8, seed=0, info=info)
-        trainer = Trainer(model, loader, cfg=params.train, forward_kwargs=fwd(params.train),
+        losses = trainer_losses(params)
+        trainer = Trainer(model, loader, cfg=params.train, **losses,
                           device=torch.device("cpu"), out_dir=Path(workdir) / f"real{world}",
-                          seed=0, progress=False, info=info)
+                          seed=0, progress=False, info=info,
+                          find_unused_parameters=not losses["criterion"].all_active)
         res = trainer.fit()
         torch.save({"grads": {n: p.grad.clone() for n, p in model.named_parameters()
                               if p.grad is not None},

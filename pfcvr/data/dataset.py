@@ -19,6 +19,7 @@ size stays under :data:`CACHE_LIMIT_BYTES`; the datasets then decode them all at
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pfcvr.config import PART_CATEGORIES
-from pfcvr.data.parts import images_root
+from pfcvr.data.manifest import images_root
 from pfcvr.io import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -101,6 +102,14 @@ def load_split(prepared_dir: str | Path, parts_path: str | Path, split: str) -> 
         raise ValueError(f"{parts_path}: categories {doc.get('categories')} differ from "
                          f"{list(PART_CATEGORIES)}")
     records, parts, ids, indices = [], [], [], []
+    first: dict[Any, int] = {}
+    for i, rec in enumerate(manifest):   # an image listed twice would be ranked twice
+        fp = rec.get("file_path") if isinstance(rec, dict) else None
+        if fp in first:
+            raise ValueError(f"manifest record {i} lists image {fp!r} again (also record "
+                             f"{first[fp]}); rerun the prepare stage (`dvc repro prepare`), "
+                             "which merges the records of one image")
+        first[fp] = i
     for i, (rec, ent) in enumerate(zip(manifest, images)):
         if ent.get("file_path") != rec.get("file_path"):
             raise ValueError(f"{parts_path}: entry {i} is for {ent.get('file_path')!r} but manifest "
@@ -346,8 +355,14 @@ class ImageTextDataset(Dataset):
                 self.captions.append(c)
         self.image_of = torch.tensor(pairs, dtype=torch.long)  # [P] image index of each pair
         # Every caption tokenised once (one batch call) instead of once per epoch in collate.
-        self.caption_ids = tokenizer(self.captions) if tokenizer is not None and self.captions \
-            else None                                           # [P, L] long
+        self.caption_ids = None                                 # [P, L] long
+        self.truncated_captions = 0
+        if tokenizer is not None and self.captions:
+            if hasattr(tokenizer, "encode"):
+                self.caption_ids, counts = tokenizer.encode(self.captions)
+                self._warn_truncated(counts, tokenizer.context_length)
+            else:
+                self.caption_ids = tokenizer(self.captions)
         ids = split_data.ids
         if pid_map is not None:
             missing = sorted(set(ids) - set(pid_map))
@@ -356,6 +371,16 @@ class ImageTextDataset(Dataset):
                                  f"{split_data.split!r} ({len(missing)} unmapped)")
             ids = [pid_map[p] for p in ids]
         self.pids = torch.tensor(ids, dtype=torch.long)
+
+    def _warn_truncated(self, counts: list[int], context_length: int) -> None:
+        """Say how many captions the tokenizer cuts (their end is never seen by the model)."""
+        over = [n for n in counts if n > context_length]
+        self.truncated_captions = len(over)
+        if over:
+            warnings.warn(f"{len(over)} of {len(counts)} captions of split {self.data.split!r} "
+                          f"are longer than the model's context length of {context_length} "
+                          f"tokens (longest {max(over)}) and are cut: their end is not read "
+                          "(raise model.tiny.context_length for the tiny backbone)", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -403,5 +428,5 @@ def collate(samples: list[dict], tokenizer=None) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ImageDataset", "ImageStore", "ImageTextDataset",
-           "SplitData", "collate", "images_root", "load_split", "normalize", "part_masks",
+           "SplitData", "collate", "load_split", "normalize", "part_masks",
            "pid_map", "rasterize_boxes", "resample_grids"]

@@ -6,8 +6,17 @@ category when its best token probability passes ``parts.box_threshold`` and one 
 category's phrase tokens passes ``parts.text_threshold`` (GroundingDINO's own two-threshold
 rule); per image and category the highest-scoring box is kept.
 
-Results are cached per image (content hash) under a key of the detector files, prompt and
-thresholds, so rerunning the stage on unchanged inputs runs no model at all.
+Results are cached per image (content hash) under a key of everything else that decides them:
+the detector files, prompt and thresholds, the code of this module and of the lexicon (prompt ->
+categories), the transformers / torch / Pillow versions (processor and post-processing live in
+transformers) and the device type (cpu and cuda kernels round differently). So rerunning the
+stage on unchanged inputs runs no model at all, and a change of any of these recomputes.
+
+A batch holds images of one size only: GroundingDINO pads a batch to its largest image, and that
+padding changes the detections (measured with the test model), so a mixed batch would make an
+image's result depend on which other images happened to share its batch, and the cache would
+keep whichever came first. ``parts.batch_size`` is therefore not part of the key. Datasets with
+many different image sizes run with smaller batches.
 """
 from __future__ import annotations
 
@@ -19,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from pfcvr.config import PART_CATEGORIES, PartsConfig
+from pfcvr.data.cachekey import source_digest, versions
 from pfcvr.data.lexicon import phrase_category
 from pfcvr.io import read_json, write_text
 
-CACHE_VERSION = 1              # bump when the post-processing below changes its results
+CACHE_VERSION = 2              # the cached content's format (code changes are in the key anyway)
+DETECTOR_SOURCES = ("data/grounding.py", "data/lexicon.py", "config.py")   # relative to pfcvr/
+LIBRARIES = ("transformers", "torch", "tokenizers", "pillow")
 CACHE_SAVE_EVERY = 50          # batches between cache checkpoints (an interrupted run resumes)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -129,14 +141,19 @@ def folder_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_device(device: str) -> str:
-    import torch
+def detector_device(device: str) -> str:
+    """``parts.device`` (auto | cpu | cuda) resolved by :func:`pfcvr.device.resolve_device`, as
+    the string transformers' ``.to()`` takes (``"cpu"``, ``"cuda:0"``).
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DetectorError("parts.device=cuda but no CUDA device is available; use auto or cpu")
-    return device
+    Raises DetectorError naming ``parts.device`` when the device does not exist here, so the
+    parts stage reports every detector problem with one error type.
+    """
+    from pfcvr.device import DeviceError, resolve_device
+
+    try:
+        return str(resolve_device(device, key="parts.device"))
+    except DeviceError as err:
+        raise DetectorError(str(err)) from None
 
 
 def best_boxes(logits, pred_boxes, token_category, box_threshold: float, text_threshold: float
@@ -172,14 +189,17 @@ class GroundingDetector:
         self.settings = settings
         self.path = resolve_detector(settings.detector)
         self.phrases = prompt_phrases(settings.prompt)
-        self.device = resolve_device(settings.device)
+        self.device = detector_device(settings.device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._model = self._processor = self._token_category = None
         self.fingerprint = folder_fingerprint(self.path)
-        self.cache_key = hashlib.sha256(json.dumps({
+        self.key_inputs = {
             "version": CACHE_VERSION, "model": self.fingerprint, "prompt": settings.prompt,
-            "box_threshold": settings.box_threshold, "text_threshold": settings.text_threshold},
-            sort_keys=True).encode()).hexdigest()[:20]
+            "box_threshold": settings.box_threshold, "text_threshold": settings.text_threshold,
+            "code": source_digest(DETECTOR_SOURCES), "libraries": versions(*LIBRARIES),
+            "device": self.device.split(":")[0]}
+        self.cache_key = hashlib.sha256(json.dumps(self.key_inputs, sort_keys=True)
+                                        .encode()).hexdigest()[:20]
         self.stats = {"images": 0, "cached": 0, "computed": 0}
 
     # -- model ---------------------------------------------------------------------------------
@@ -199,6 +219,9 @@ class GroundingDetector:
         enc = self._processor.tokenizer(self.settings.prompt, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
         n_text = int(getattr(self._model.config, "max_text_len", len(offsets)))
+        if len(offsets) > n_text:    # the model would cut the prompt: later phrases never match
+            raise DetectorError(f"parts.prompt is {len(offsets)} tokens long but the detector "
+                                f"reads {n_text}; shorten it (one short phrase per part)")
         tc = torch.zeros(len(PART_CATEGORIES), max(n_text, len(offsets)), dtype=torch.bool)
         for t, (s, e) in enumerate(offsets):
             if e <= s:
@@ -240,10 +263,24 @@ class GroundingDetector:
     def _write_cache(self, cache: dict[str, dict]) -> None:
         f = self._cache_file()
         if f is not None:
-            meta = {"key": self.cache_key, "detector": str(self.path),
-                    "prompt": self.settings.prompt, "box_threshold": self.settings.box_threshold,
-                    "text_threshold": self.settings.text_threshold}
+            meta = {"key": self.cache_key, "detector": str(self.path), **{
+                k: v for k, v in self.key_inputs.items() if k != "model"}}
             write_text(f, json.dumps({**meta, "images": cache}, separators=(",", ":")))
+
+    def _batches(self, todo: list[str], first: dict[str, Path]) -> list[list[str]]:
+        """``todo`` keys in batches of at most ``batch_size`` images of one size (no padding)."""
+        from PIL import Image
+
+        by_size: dict[tuple[int, int], list[str]] = {}
+        for k in todo:
+            try:
+                with Image.open(first[k]) as im:     # reads the header only
+                    size = im.size
+            except OSError as err:
+                raise DetectorError(f"image {first[k]}: cannot be decoded ({err})") from None
+            by_size.setdefault(size, []).append(k)
+        bs = self.settings.batch_size
+        return [keys[i:i + bs] for keys in by_size.values() for i in range(0, len(keys), bs)]
 
     # -- public --------------------------------------------------------------------------------
     def detect(self, paths: list[str | Path], progress: bool = True) -> list[dict[str, dict]]:
@@ -264,8 +301,7 @@ class GroundingDetector:
                       "computed": len(todo)}
         if todo:
             self._load()
-            bs = self.settings.batch_size
-            batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+            batches = self._batches(todo, first)
             bar = tqdm(batches, desc=f"GroundingDINO ({self.device})", unit="batch",
                        disable=not progress, mininterval=2.0)
             for n, batch in enumerate(bar, 1):
@@ -300,4 +336,4 @@ def check_images_exist(paths: list[Path], names: list[str]) -> None:
 
 
 __all__ = ["DetectorError", "DetectorSettings", "GroundingDetector", "best_boxes",
-           "detect_parts", "prompt_phrases", "resolve_detector", "check_images_exist"]
+           "detect_parts", "detector_device", "prompt_phrases", "resolve_detector", "check_images_exist"]

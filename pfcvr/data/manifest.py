@@ -75,22 +75,27 @@ class Problems:
             raise DataError(self.message(hint))
 
 
-def apply_on_error(records: list[dict], problems: Problems, on_error: str
-                   ) -> tuple[list[dict], dict[str, int]]:
+def apply_on_error(records: list[dict | None], problems: Problems, on_error: str,
+                   merged: Iterable[int] = ()) -> tuple[list[dict], dict[str, int]]:
     """``raise``: raise DataError listing the problems. ``skip``: drop the bad records.
 
     ``records[i]`` must be the record of source index ``i``; entries that are None (records that
-    could not even be parsed) are dropped too. Returns (kept records, skipped counts per kind plus
-    ``total``).
+    could not even be parsed) are dropped too, except the indices in ``merged`` (records folded
+    into another record of the same image, not failures). Returns (kept records, skipped counts
+    per kind plus ``total``). When no record would be left, the error does not suggest ``skip``.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error={on_error!r}: one of raise | skip")
-    if on_error == "raise":
-        problems.raise_if_any("set data.on_error: skip to drop bad records")
+    merged = set(merged)
     bad = problems.bad_indices()
     kept = [r for i, r in enumerate(records) if i not in bad and r is not None]
+    if on_error == "raise":
+        hint = ("set data.on_error: skip to drop bad records" if kept else
+                "no record is usable, so data.on_error: skip would drop every one: check that "
+                "data.source, data.root and data.annotations match the files")
+        problems.raise_if_any(hint)
     skipped = problems.counts()
-    skipped["total"] = len(records) - len(kept)
+    skipped["total"] = len(records) - len(merged) - len(kept)
     return kept, skipped
 
 
@@ -153,6 +158,27 @@ def validate_records(records: list, source: str = "manifest") -> Problems:
             problems.add(i, rec.get("file_path") if isinstance(rec, dict) else None, kind, msg)
     good = [(i, r) for i, r in enumerate(records) if i not in problems.bad_indices()]
     problems.extend(identity_split_problems(good, source))
+    problems.extend(duplicate_image_problems(good, source))
+    return problems
+
+
+def duplicate_image_problems(indexed: Iterable[tuple[int, dict]], source: str = "manifest"
+                             ) -> Problems:
+    """Every record whose ``file_path`` another record lists too (an image counted twice).
+
+    Prepare merges such records (pfcvr.data.duplicates); a manifest that still has them was
+    written by hand or by an older prepare: rerun it.
+    """
+    first: dict[str, int] = {}
+    problems = Problems(source)
+    for i, rec in indexed:
+        fp = rec.get("file_path")
+        if fp in first:
+            problems.add(i, fp, "duplicate_image",
+                         f"image {fp} is also record {first[fp]}: one record per image (rerun "
+                         "the prepare stage, which merges the captions of such records)")
+        else:
+            first[fp] = i
     return problems
 
 
@@ -225,3 +251,18 @@ def load_manifest(path: str | Path, validate: bool = True) -> list[dict]:
     if validate:
         validate_records(records, str(path)).raise_if_any()
     return records
+
+
+def images_root(prepared_dir: str | Path, meta: dict) -> Path:
+    """The folder that manifest ``file_path``s are relative to, from ``meta.json``.
+
+    ``meta["images_root"]`` is absolute (a real dataset read in place) or relative to
+    ``prepared_dir`` (the synthetic ``images/``); missing or empty means ``images``.
+    """
+    root = Path(str(meta.get("images_root") or "images")).expanduser()
+    return root if root.is_absolute() else Path(prepared_dir) / root
+
+
+def record_name(index: int, record: dict) -> str:
+    """How error messages name a manifest record: its index and file path."""
+    return f"manifest record {index} (file_path {record.get('file_path')!r})"

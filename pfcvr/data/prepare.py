@@ -1,37 +1,48 @@
 """The prepare pipeline: a data source -> ``data/prepared`` + stats + a sample figure.
 
-``data/prepared`` is written as a whole through :func:`pfcvr.io.atomic_dir`: an interrupted run
-leaves the previous complete folder (or none), never a half-written one. It holds
+The three outputs are one set (:class:`pfcvr.output_set.OutputSet`): all are written to
+temporaries first, then renamed into place together (``data/prepared``, the figure, the stats
+last). An interrupted run leaves the previous complete set; a run killed during those renames is
+finished by the next one. ``data/prepared`` holds
 
-- ``manifest.json``: the canonical records (DESIGN.md), one per line;
-- ``meta.json``: ``{source, images_root, num_records, splits, ...}``. ``images_root`` is
-  ``"images"`` (relative to ``data/prepared``) for the synthetic benchmark, and the absolute
+- ``manifest.json``: the canonical records (DESIGN.md), one per line, one per image (records of
+  one image listed several times are merged, see :mod:`pfcvr.data.duplicates`);
+- ``meta.json``: ``{source, images_root, num_records, splits, duplicates, ...}``. ``images_root``
+  is ``"images"`` (relative to ``data/prepared``) for the synthetic benchmark, and the absolute
   dataset folder for real sources, whose images are not copied;
 - ``images/`` (synthetic only).
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from pfcvr import paths
 from pfcvr.config import PART_CATEGORIES, Params, to_dict
 from pfcvr.data import synthetic
 from pfcvr.data.manifest import save_manifest, split_summary, validate_records
 from pfcvr.data.oracle import attribute_oracle, has_ground_truth
 from pfcvr.data.readers import read_source
-from pfcvr.io import atomic_dir, write_json
+from pfcvr.io import write_json
+from pfcvr.output_set import OutputSet
 
-PREPARED = Path("data/prepared")
-STATS = Path("reports/data/stats.json")
-FIGURE = Path("reports/figures/data_samples.png")
 N_SAMPLES = 12
+PROGRESS_EVERY_S = 30.0    # off a terminal (DVC logs), one progress line at most this often
 
 
-def compute_stats(records: list[dict], skipped: dict[str, int], source: str) -> dict:
-    """Counts per split, caption length, part coverage, skipped records (+ synthetic extras)."""
+NO_DUPLICATES = {"records_merged": 0, "images_merged": 0, "captions_dropped": 0}
+
+
+def compute_stats(records: list[dict], skipped: dict[str, int], source: str,
+                  duplicates: dict[str, int] | None = None,
+                  ignored_parts: dict[str, int] | None = None) -> dict:
+    """Counts per split, caption length, part coverage, skipped records, merged duplicate
+    records, ignored part detections (+ synthetic extras)."""
     splits = split_summary(records)
     words = np.array([len(c.split()) for r in records for c in r["captions"]] or [0])
     coverage = {c: round(sum(1 for r in records if (r.get("parts") or {}).get(c)) / max(1, len(records)), 4)
@@ -44,6 +55,8 @@ def compute_stats(records: list[dict], skipped: dict[str, int], source: str) -> 
         "part_coverage": coverage,
         "images_with_parts": round(sum(1 for r in records if r.get("parts")) / max(1, len(records)), 4),
         "skipped": {"total": 0, **skipped},
+        "duplicates": dict(duplicates or NO_DUPLICATES),
+        "ignored_part_detections": dict(ignored_parts or {}),
     }
     if has_ground_truth(records):
         facts = [f for r in records for cap in r["caption_facts"] for f in cap]
@@ -88,45 +101,92 @@ def sample_items(records: list[dict], images_root: Path, n: int = N_SAMPLES) -> 
     return items
 
 
-def prepare(params: Params, out_dir: str | Path = PREPARED, stats_path: str | Path = STATS,
-            figure_path: str | Path = FIGURE, workers: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+@contextlib.contextmanager
+def _render_progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """``done -> None`` updating a tqdm bar of ``total`` images (None when not ``enabled``).
+
+    On a terminal the bar redraws twice a second; elsewhere (a DVC log) it writes a line at
+    most every PROGRESS_EVERY_S seconds, so logs stay short.
+    """
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    with tqdm(total=total, desc="prepare: rendered", unit="image", file=sys.stderr,
+              mininterval=0.5 if tty else PROGRESS_EVERY_S, dynamic_ncols=tty) as bar:
+        yield lambda done: bar.update(done - bar.n)
+
+
+def prepare(params: Params, out_dir: str | Path = paths.PREPARED,
+            stats_path: str | Path = paths.DATA_STATS, figure_path: str | Path = paths.DATA_FIGURE,
+            workers: int | None = None, progress: bool = False) -> dict:
     """Run the prepare stage's work for ``params``; returns the stats (also written to
-    ``stats_path``). ``progress(done, total)`` is called while synthetic images are rendered."""
+    ``stats_path``). ``workers``: processes (default: all cores; the output does not depend on
+    it). ``progress``: a tqdm bar on stderr while synthetic images are rendered.
+
+    Raises DataError (bad records of a real source), FileNotFoundError / ValueError (a missing
+    or malformed dataset); the three outputs are then left as they were.
+    """
     from pfcvr import viz
 
     data = params.data
     # Every data setting is resolved here and recorded in meta.json, whatever the source.
     settings = {"source": data.source, "root": data.root, "annotations": data.annotations,
-                "val_fraction": data.val_fraction, "on_error": data.on_error, "seed": params.seed}
+                "val_fraction": data.val_fraction, "on_error": data.on_error, "seed": params.seed,
+                "unknown_category": params.parts.unknown_category}
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with OutputSet(out_dir) as outs:
+        tmp = outs.dir(out_dir)
+        tmp_figure, tmp_stats = outs.file(figure_path), outs.file(stats_path)   # stats published last
+        duplicates, ignored = dict(NO_DUPLICATES), {}
         if settings["source"] == "synthetic":
             cfg = data.synthetic
             total = cfg.n_ids * cfg.images_per_id
-            records = synthetic.generate(cfg, settings["seed"], tmp / "images", workers,
-                                         progress and (lambda done: progress(done, total)))
+            with _render_progress(total, progress) as update:
+                records = synthetic.generate(cfg, settings["seed"], tmp / "images", workers, update)
             images_dir, skipped = tmp / "images", {}
             meta = {"source": "synthetic", "images_root": "images",
                     "synthetic": to_dict(cfg), "vocabulary": synthetic.attribute_table()}
         else:
             res = read_source(settings["source"], settings["root"], settings["annotations"],
                               val_fraction=settings["val_fraction"], seed=settings["seed"],
-                              on_error=settings["on_error"], workers=workers)
+                              on_error=settings["on_error"],
+                              unknown_category=settings["unknown_category"], workers=workers)
             records, images_dir, skipped = res.records, res.images_root, res.skipped
+            duplicates, ignored = res.duplicates, res.ignored_parts
             meta = {"source": settings["source"], "images_root": str(res.images_root),
                     "annotations": str(res.annotations), "val_carved_ids": res.val_carved_ids,
                     "val_is_test": res.val_is_test}
         # The records come from our own generator/reader: a problem here is a bug, not bad input.
         validate_records(records, f"prepared manifest ({settings['source']})").raise_if_any()
         meta.update(num_records=len(records), splits=split_summary(records), skipped=skipped,
-                    settings=settings)
+                    duplicates=duplicates, ignored_part_detections=ignored, settings=settings)
         save_manifest(records, tmp / "manifest.json")
         write_json(tmp / "meta.json", meta)
-        items = sample_items(records, images_dir)   # read now: tmp is renamed on exit
-    stats = compute_stats(records, skipped, settings["source"])
-    stats.update(attribute_oracle(records, split="test", seed=settings["seed"]))
-    write_json(stats_path, stats)
-    viz.data_samples_figure(items, figure_path, title=f"{settings['source']}: {len(records)} images, "
-                            f"{stats['total']['ids']} ids (boxes = part annotations)")
+        stats = compute_stats(records, skipped, settings["source"], duplicates, ignored)
+        stats.update(attribute_oracle(records, split="test", seed=settings["seed"]))
+        viz.data_samples_figure(sample_items(records, images_dir), tmp_figure,
+                                title=f"{settings['source']}: {len(records)} images, "
+                                f"{stats['total']['ids']} ids (boxes = part annotations)")
+        write_json(tmp_stats, stats)
     return stats
+
+
+def summary(stats: dict, seconds: float) -> str:
+    """One line for the log: source, counts, time, skipped records, the oracle's Rank-1 values."""
+    t = stats["total"]
+    line = (f"{stats['source']}: {t['ids']} ids, {t['images']} images, {t['captions']} captions "
+            f"in {seconds:.1f}s (skipped {stats['skipped']['total']})")
+    dup = stats.get("duplicates") or {}
+    if dup.get("records_merged") or dup.get("captions_dropped"):
+        line += (f"; merged {dup['records_merged']} duplicate record(s) into "
+                 f"{dup['images_merged']} image(s), dropped {dup['captions_dropped']} repeated "
+                 "caption(s)")
+    if stats.get("ignored_part_detections"):
+        line += f"; ignored part detections {stats['ignored_part_detections']}"
+    if "oracle_all_R1" in stats:
+        line += (f"; oracle test R1 global-only {stats['oracle_global_R1']:.1f}, "
+                 f"all attributes {stats['oracle_all_R1']:.1f}")
+    return line

@@ -1,45 +1,43 @@
-"""Real datasets -> canonical manifest records (``data.source``: t2i-veri | t2i-verw | cuhk-pedes).
-
-Formats (method document §1.2-1.3, §1.7):
+"""Real datasets -> canonical manifest records (``data.source``, layouts in :mod:`.sources`).
 
 - ``t2i-veri`` / ``t2i-verw``: one JSON list of per-image records ``{split, id, file_path,
   captions, boxes?, mask?, prompt?}`` in the dataset folder; ``file_path`` and ``boxes`` are
-  relative to that folder (Windows back-slashes accepted). ``boxes`` names a per-image part file:
-  a list of detections ``{category, mask: 24x24 grid or flat 576 list of 0/1, score}``.
-  Detections of one category are merged by union; a record gets
-  ``parts: {category: {box: bounding box of the marked cells in 0..1, grid, score}}``.
-  ``mask`` (the official MIM guide) and ``prompt`` (unused by the official model) are not kept:
-  the model builds its MIM mask from the part grids.
+  relative to that folder (Windows back-slashes accepted). ``boxes`` names a per-image part file
+  (:mod:`pfcvr.data.partfiles`). ``mask`` (the official MIM guide) and ``prompt`` (unused by the
+  official model) are not kept: the model builds its MIM mask from the part grids.
   Splits: ``train`` and ``test`` as given, anything else is ``val``. A file without ``test`` but
   with ``val`` records (T2I-VeRW) uses its val as the test set, as published.
-- ``cuhk-pedes``: the text-based person re-ID layout ``reid_raw.json`` (records ``{split, id,
-  file_path, captions, ...}``, splits train/val/test), images under ``<root>/imgs/`` when that
-  folder exists, else under ``<root>``.
+- ``cuhk-pedes`` (``reid_raw.json``), ``icfg-pedes`` (``ICFG-PEDES.json``, train/test only) and
+  ``rstpreid`` (``data_captions.json``, image path in ``img_path``): text-based person re-ID
+  layouts, images under ``<root>/imgs/`` when that folder exists, else under ``<root>``.
 
-When no validation split remains, ``data.val_fraction`` of the training identities are moved to
-``val`` (model selection never looks at test). Images are not copied: the manifest's
-``file_path`` stays relative to the images root, which prepare records in meta.json.
+Records of one image listed several times are merged (:mod:`pfcvr.data.duplicates`). When no
+validation split remains, ``data.val_fraction`` of the training identities are moved to ``val``
+(model selection never looks at test). Images are not copied: the manifest's ``file_path`` stays
+relative to the images root, which prepare records in meta.json. A file whose every record fails
+the same way is a layout mismatch, reported in one line (:mod:`pfcvr.data.diagnose`).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from pfcvr.config import PART_CATEGORIES
-from pfcvr.data.manifest import Problems, apply_on_error, carve_val, identity_split_problems
+from pfcvr.data.diagnose import layout_mismatch
+from pfcvr.data.duplicates import merge_duplicates
+from pfcvr.data.manifest import (DataError, Problems, apply_on_error, carve_val,
+                                 identity_split_problems)
+from pfcvr.data.partfiles import UNKNOWN_CATEGORY, read_part_file
+from pfcvr.data.sources import DEFAULT_ANNOTATIONS, SourceLayout, find_annotations, layout_of
 
-DEFAULT_ANNOTATIONS = {
-    "t2i-veri": "reid_with_mask_prompt_and_boxes_filepath_refixID.json",
-    "t2i-verw": "reid_with_mask_prompt_and_boxes_filepath_prefixid_idsplit_70_30.json",
-    "cuhk-pedes": "reid_raw.json",
-}
+__all__ = ["DEFAULT_ANNOTATIONS", "ReadResult", "check_image", "check_images", "read_part_file",
+           "read_source"]
 PARALLEL_MIN = 1000        # images checked in worker processes from this many on
 
 
@@ -51,6 +49,8 @@ class ReadResult:
     skipped: dict[str, int] = field(default_factory=dict)
     val_carved_ids: int = 0                 # training identities moved to val
     val_is_test: bool = False               # the source's val split became test (T2I-VeRW)
+    duplicates: dict[str, int] = field(default_factory=dict)   # MergeCounts.as_dict()
+    ignored_parts: dict[str, int] = field(default_factory=dict)  # unknown category -> detections
 
 
 def _posix(path: str) -> str:
@@ -95,85 +95,47 @@ def check_images(paths: list[str], workers: int | None = None) -> list[str | Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Part files
-# ----------------------------------------------------------------------------------------------
-
-def _grid(mask: Any) -> np.ndarray | str:
-    """A detection mask as a square bool grid, or why it is not one."""
-    try:
-        arr = np.asarray(mask, dtype=np.float64)
-    except (TypeError, ValueError):
-        return "mask is not a list of numbers"
-    if arr.ndim == 1:
-        side = int(round(len(arr) ** 0.5))
-        if side * side != len(arr) or side == 0:
-            return f"flat mask of length {len(arr)} is not square (e.g. 576 = 24x24)"
-        arr = arr.reshape(side, side)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.size == 0:
-        return f"mask of shape {arr.shape} is not a square grid"
-    if not np.isin(arr, (0, 1)).all():
-        return "mask values must be 0 or 1"
-    return arr.astype(bool)
-
-
-def read_part_file(path: Path) -> dict | str:
-    """Merged part regions of one part file, or why it is bad.
-
-    Returns ``{category: {box: [x0, y0, x1, y1] in 0..1, grid: 2-D 0/1 list, score}}``; a category
-    whose merged mask marks no cell is left out.
-    """
-    if not path.is_file():
-        return "part file does not exist"
-    try:
-        dets = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"part file is not valid JSON ({err})"
-    if not isinstance(dets, list):
-        return "part file must be a JSON list of detections {category, mask, score}"
-    merged: dict[str, np.ndarray] = {}
-    scores: dict[str, float] = {}
-    for j, det in enumerate(dets):
-        if not isinstance(det, dict) or "category" not in det or "mask" not in det:
-            return f"detection {j} is not a mapping with category and mask"
-        cat = det["category"]
-        if cat not in PART_CATEGORIES:
-            return f"detection {j}: unknown part category {cat!r} (known: {', '.join(PART_CATEGORIES)})"
-        grid = _grid(det["mask"])
-        if isinstance(grid, str):
-            return f"detection {j} ({cat}): {grid}"
-        if cat in merged and merged[cat].shape != grid.shape:
-            return (f"detection {j} ({cat}): mask shape {grid.shape} differs from an earlier "
-                    f"{merged[cat].shape}")
-        merged[cat] = merged[cat] | grid if cat in merged else grid   # union, as the official loader
-        score = det.get("score", 1.0)
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            return f"detection {j} ({cat}): score {score!r} is not a number"
-        scores[cat] = max(scores.get(cat, float("-inf")), float(score))
-    out = {}
-    for cat in PART_CATEGORIES:
-        if cat not in merged or not merged[cat].any():
-            continue
-        g = merged[cat]
-        rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
-        n = g.shape[0]
-        box = [cols[0] / n, rows[0] / n, (cols[-1] + 1) / n, (rows[-1] + 1) / n]
-        out[cat] = {"box": [round(float(v), 4) for v in box], "grid": g.astype(np.uint8).tolist(),
-                    "score": round(scores[cat], 4)}
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Records
 # ----------------------------------------------------------------------------------------------
 
-def _parse_record(i: int, raw: Any, problems: Problems, with_boxes: bool, root: Path) -> dict | None:
+@dataclass
+class _Context:
+    layout: SourceLayout
+    root: Path
+    problems: Problems
+    unknown_category: str
+    ignored: dict[int, Counter]       # source index -> unknown categories left out of its file
+
+
+def _parse_parts(i: int, name: Any, boxes: Any, ctx: _Context, rec: dict) -> None:
+    if not isinstance(boxes, str):
+        ctx.problems.add(i, name, "bad_part_file", f"boxes {boxes!r} is not a path string")
+        return
+    rel = _posix(boxes)
+    why = _unsafe(rel)
+    ignored: Counter = Counter()
+    parts = (f"boxes path {rel!r} {why}" if why else
+             read_part_file(ctx.root / rel, ctx.unknown_category, ignored))
+    if ignored:
+        ctx.ignored[i] = ignored
+    if isinstance(parts, str):
+        kind = ("missing_part_file" if parts == "part file does not exist" else
+                "unknown_part_category" if "unknown part category" in parts else "bad_part_file")
+        ctx.problems.add(i, name, kind, f"{parts}: {ctx.root / rel}" if kind == "missing_part_file"
+                         else f"{parts} ({rel})")
+    else:
+        rec["parts"] = parts
+
+
+def _parse_record(i: int, raw: Any, ctx: _Context) -> dict | None:
     """One raw record -> canonical record (split not yet mapped), or None (problems added)."""
+    problems, key = ctx.problems, ctx.layout.path_field
     if not isinstance(raw, dict):
         problems.add(i, None, "bad_record", f"record is a {type(raw).__name__}, not a mapping")
         return None
-    fp = raw.get("file_path")
+    fp = raw.get(key)
     name = fp if isinstance(fp, str) else None
-    missing = [k for k in ("split", "id", "file_path", "captions") if k not in raw]
+    missing = [k for k in ctx.layout.fields if k not in raw]
     if missing:
         problems.add(i, name, "missing_field", f"missing required field(s) {', '.join(missing)}")
         return None
@@ -188,11 +150,11 @@ def _parse_record(i: int, raw: Any, problems: Problems, with_boxes: bool, root: 
     if isinstance(pid, bool) or not isinstance(pid, int):
         problems.add(i, name, "bad_id", f"id {raw['id']!r} is not an integer")
     if not isinstance(fp, str) or not fp.strip():
-        problems.add(i, name, "bad_file_path", f"file_path {fp!r} is not a non-empty string")
+        problems.add(i, name, "bad_file_path", f"{key} {fp!r} is not a non-empty string")
     else:
         fp = _posix(fp)
         if (why := _unsafe(fp)) is not None:
-            problems.add(i, name, "bad_file_path", f"file_path {fp!r} {why}")
+            problems.add(i, name, "bad_file_path", f"{key} {fp!r} {why}")
     caps = raw["captions"]
     if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
         problems.add(i, name, "bad_captions", "captions must be a list of strings")
@@ -205,70 +167,71 @@ def _parse_record(i: int, raw: Any, problems: Problems, with_boxes: bool, root: 
     rec = {"split": raw["split"], "id": pid, "file_path": fp,
            "captions": [" ".join(c.split()) for c in caps] if isinstance(caps, list) and
            all(isinstance(c, str) for c in caps) else caps}
-    boxes = raw.get("boxes") if with_boxes else None
+    boxes = raw.get("boxes") if ctx.layout.part_files else None
     if boxes not in (None, ""):
-        if not isinstance(boxes, str):
-            problems.add(i, name, "bad_part_file", f"boxes {boxes!r} is not a path string")
-        else:
-            rel = _posix(boxes)
-            why = _unsafe(rel)
-            parts = f"boxes path {rel!r} {why}" if why else read_part_file(root / rel)
-            if isinstance(parts, str):
-                kind = ("missing_part_file" if parts == "part file does not exist" else
-                        "unknown_part_category" if "unknown part category" in parts else "bad_part_file")
-                problems.add(i, name, kind, f"{parts}: {root / rel}" if kind == "missing_part_file"
-                             else f"{parts} ({rel})")
-            else:
-                rec["parts"] = parts
+        _parse_parts(i, name, boxes, ctx, rec)
     return rec if len(problems) == bad else None
 
 
+def _load_annotations(ann: Path) -> list:
+    try:
+        raw = json.loads(ann.read_text(encoding="utf-8-sig"))   # a BOM (Windows editors) is fine
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{ann}: not valid JSON ({err})") from None
+    if not isinstance(raw, list):
+        raise ValueError(f"{ann}: must be a JSON list of per-image records, got {type(raw).__name__}")
+    return raw
+
+
+def _map_splits(layout: SourceLayout, records: list[dict | None], problems: Problems) -> bool:
+    """Check (fixed split names) or map (T2I rules) the splits in place; True when the source's
+    val became test."""
+    if layout.splits is not None:
+        for i, rec in enumerate(records):
+            if rec is not None and rec["split"] not in layout.splits:
+                problems.add(i, rec["file_path"], "bad_split",
+                             f"split {rec['split']!r} is not one of {', '.join(layout.splits)}")
+                records[i] = None
+        return False
+    names = {r["split"] for r in records if r is not None}
+    val_is_test = "test" not in names and any(s != "train" for s in names)
+    for rec in filter(None, records):
+        s = rec["split"]
+        rec["split"] = s if s in ("train", "test") else ("test" if val_is_test else "val")
+    return val_is_test
+
+
 def read_source(source: str, root: str | Path, annotations: str = "", *, val_fraction: float,
-                seed: int, on_error: str = "raise", workers: int | None = None) -> ReadResult:
+                seed: int, on_error: str = "raise", unknown_category: str = "error",
+                workers: int | None = None) -> ReadResult:
     """Read a real dataset into canonical records (see the module docstring).
 
     ``root``: the dataset folder; ``annotations``: the JSON file inside it ("" = the source's usual
     name). Bad records raise a DataError listing the first offenders and the total, or with
-    ``on_error="skip"`` are dropped and counted in ``ReadResult.skipped``.
+    ``on_error="skip"`` are dropped and counted in ``ReadResult.skipped`` (in images, after
+    merging). A layout mismatch raises a one-line DataError whatever ``on_error`` says.
+    ``unknown_category`` (``parts.unknown_category``): ``error`` makes a part file with a category
+    outside the six a bad record, ``ignore`` leaves those detections out.
     """
-    if source not in DEFAULT_ANNOTATIONS:
-        raise ValueError(f"data.source={source!r}: readers exist for {', '.join(DEFAULT_ANNOTATIONS)}")
+    layout = layout_of(source)
+    if unknown_category not in UNKNOWN_CATEGORY:
+        raise ValueError(f"parts.unknown_category={unknown_category!r}: one of error | ignore")
     if not str(root).strip():
         raise ValueError(f"data.root is empty: set it to the {source} dataset folder "
                          f"(e.g. dvc exp run -S data.root=/path/to/dataset)")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r}: dataset folder not found")
-    ann = root / _posix(annotations or DEFAULT_ANNOTATIONS[source])
-    if not ann.is_file():
-        found = sorted(p.name for p in root.glob("*.json"))[:10]
-        raise FileNotFoundError(f"data.annotations: {ann} not found; JSON files in {root}: "
-                                f"{', '.join(found) or 'none'} (set data.annotations to one of them)")
-    try:
-        raw = json.loads(ann.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{ann}: not valid JSON ({err})") from None
-    if not isinstance(raw, list):
-        raise ValueError(f"{ann}: must be a JSON list of per-image records, got {type(raw).__name__}")
-    images_root = root / "imgs" if source == "cuhk-pedes" and (root / "imgs").is_dir() else root
+    ann = find_annotations(layout, root, _posix(annotations) if annotations else "")
+    raw = _load_annotations(ann)
+    images_root = layout.images_root(root)
     problems = Problems(str(ann))
-    records: list[dict | None] = [
-        _parse_record(i, r, problems, source != "cuhk-pedes", root) for i, r in enumerate(raw)]
-
-    # splits
-    val_is_test = False
-    if source == "cuhk-pedes":
-        for i, rec in enumerate(records):
-            if rec is not None and rec["split"] not in ("train", "val", "test"):
-                problems.add(i, rec["file_path"], "bad_split",
-                             f"split {rec['split']!r} is not one of train, val, test")
-                records[i] = None
-    else:
-        names = {r["split"] for r in records if r is not None}
-        val_is_test = "test" not in names and any(s != "train" for s in names)
-        for rec in filter(None, records):
-            s = rec["split"]
-            rec["split"] = s if s in ("train", "test") else ("test" if val_is_test else "val")
+    ctx = _Context(layout, root, problems, unknown_category, {})
+    records: list[dict | None] = [_parse_record(i, r, ctx) for i, r in enumerate(raw)]
+    if layout.splits is not None:
+        _map_splits(layout, records, problems)
+    merged, merge_counts = merge_duplicates(records, problems)   # by the splits as written
+    val_is_test = _map_splits(layout, records, problems) if layout.splits is None else False
 
     # images: every record still standing must point at a decodable image
     todo = [(i, r) for i, r in enumerate(records) if r is not None]
@@ -282,7 +245,13 @@ def read_source(source: str, root: str | Path, annotations: str = "", *, val_fra
     bad = problems.bad_indices()
     problems.extend(identity_split_problems(
         [(i, r) for i, r in enumerate(records) if r is not None and i not in bad], str(ann)))
-    kept, skipped = apply_on_error(records, problems, on_error)
+    mismatch = layout_mismatch(layout, ann, raw, records, problems, merged, images_root)
+    if mismatch is not None:
+        raise DataError(mismatch)
+    bad = problems.bad_indices()
+    ignored = sum((c for i, c in ctx.ignored.items() if records[i] is not None and i not in bad),
+                  Counter())                 # only the images that are kept
+    kept, skipped = apply_on_error(records, problems, on_error, merged)
     if not kept:
         raise ValueError(f"{ann}: no usable records left (skipped: {skipped})")
     carved = 0
@@ -292,4 +261,5 @@ def read_source(source: str, root: str | Path, annotations: str = "", *, val_fra
         if not any(r["split"] == s for r in kept):
             raise ValueError(f"{ann}: no {s} records left (after skipping {skipped.get('total', 0)} "
                              "bad ones); the pipeline needs train and test splits")
-    return ReadResult(kept, images_root, ann, skipped, carved, val_is_test)
+    return ReadResult(kept, images_root, ann, skipped, carved, val_is_test,
+                      merge_counts.as_dict(), dict(sorted(ignored.items())))

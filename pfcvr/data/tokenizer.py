@@ -216,18 +216,34 @@ class Tokenizer:
         """BPE ids of each text, without special tokens or truncation."""
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        """``texts`` (N strings) -> LongTensor [N, context_length]."""
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text needs with SOT and EOT, before :meth:`__call__` cuts it to
+        ``context_length`` (a count above it means the end of the text is not read)."""
+        return [len(ids) + 2 for ids in self.encode_words(texts)]
+
+    def kept_text(self, text: str) -> str:
+        """The part of ``text`` that fits in ``context_length`` (decoded back to words)."""
+        return self.decode(self.encode_words([text])[0][: self.context_length - 2])
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        """``texts`` (N strings) -> (LongTensor [N, context_length], the token count of each text
+        before the cut, as :meth:`count_tokens`)."""
         if isinstance(texts, str):
             raise TypeError("tokenizer: pass a list of captions, not a single string")
         body = self.context_length - 2
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
+        counts = []
         for row, ids in enumerate(self.encode_words(texts)):
+            counts.append(len(ids) + 2)
             ids = ids[:body]
             out[row, 0] = self.sot_id
             out[row, 1:1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
             out[row, 1 + len(ids)] = self.eot_id
-        return out
+        return out, counts
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        """``texts`` (N strings) -> LongTensor [N, context_length]."""
+        return self.encode(texts)[0]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Token ids -> text (special tokens and padding dropped); for inspection."""

@@ -7,6 +7,10 @@ It is written at epoch boundaries, so a killed run continues from the last finis
 
 RNG states are stored as plain lists and tensors so that the file loads with
 ``torch.load(weights_only=True)``.
+
+Disk. :func:`check_checkpoint_space` runs before the first step (room for a checkpoint, its
+temporary copy and the two model folders, estimated from the parameter count); a write that fails
+anyway (disk full, read-only disk) raises one line naming the file (:mod:`pfcvr.storage`).
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ import torch
 from torch import nn
 
 from pfcvr.io import atomic_path
+from pfcvr.storage import check_free_space, write_errors
 
 FORMAT_VERSION = 1
+ADAM_STATE_BYTES = 8      # AdamW keeps two fp32 moments per trainable parameter
+RESUME_ADVICE = "training resumes from the last checkpoint written"
 
 
 class CheckpointError(RuntimeError):
@@ -81,9 +88,45 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         "extra": dict(extra or {}),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
+    size = sum(_tensor_bytes(v) for v in (state["model"], state["optimizer"]))
+    with atomic_path(path) as tmp, write_errors(path, "the training checkpoint", size,
+                                                RESUME_ADVICE):
         torch.save(state, tmp)
     return path
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor inside nested dicts / lists / tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def checkpoint_bytes(model: nn.Module) -> tuple[int, int]:
+    """(checkpoint file, one model folder) bytes estimated from the parameter count, before any
+    optimiser state exists: the state dict, plus the AdamW moments of the trainable parameters."""
+    weights = _tensor_bytes(unwrap(model).state_dict())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return weights + ADAM_STATE_BYTES * trainable, weights
+
+
+def check_checkpoint_space(out_dir: str | Path, model: nn.Module) -> int:
+    """Raise ``pfcvr.storage.DiskSpaceError`` unless ``out_dir``'s disk has room for what a run
+    writes there at its peak: the checkpoint and its temporary successor, ``best/``, ``final/``
+    and a temporary copy of ``best/`` (less what ``out_dir`` already holds, which they replace).
+    Returns the bytes that were needed."""
+    ckpt, folder = checkpoint_bytes(model)
+    out_dir = Path(out_dir)
+    present = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file()) \
+        if out_dir.is_dir() else 0
+    needed = max(2 * ckpt + 3 * folder - present, 0)
+    check_free_space(out_dir, needed, "training checkpoints (a checkpoint of "
+                     f"{ckpt / 1e6:.1f} MB and model folders of {folder / 1e6:.1f} MB)")
+    return needed
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,9 +14,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# The trainer resolves its device through this module (``D.resolve_device(pref, local_rank)``);
+# both names are the ones of pfcvr.device, re-exported, not a second implementation.
+from pfcvr.device import DeviceError, resolve_device
 
-class DeviceError(RuntimeError):
-    """The requested train device is not available."""
+__all__ = ["DeviceError", "DistInfo", "all_reduce_tensor", "barrier", "broadcast_object",
+           "destroy", "env_info", "init", "is_initialized", "reduce_metrics", "resolve_device",
+           "sum_scalar", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -50,24 +54,6 @@ def env_info() -> DistInfo:
     return DistInfo(rank=rank, local_rank=local, world_size=world)
 
 
-def resolve_device(pref: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
-    """``auto | cpu | cuda`` -> a torch device (``cuda:<local_rank>`` under torchrun)."""
-    if pref == "cpu":
-        return torch.device("cpu")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"{key}=cuda but CUDA is not available on this machine "
-                          "(torch.cuda.is_available() is False); use auto or cpu")
-    if pref not in ("auto", "cuda"):
-        raise DeviceError(f"{key}={pref!r}: must be one of auto | cpu | cuda")
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if local_rank >= n:
-            raise DeviceError(f"LOCAL_RANK={local_rank} but only {n} CUDA device(s) are visible; "
-                              "start torchrun with --nproc_per_node <= the number of GPUs")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def init(device: torch.device, info: DistInfo | None = None, timeout_s: float = 1800) -> DistInfo:
     """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU); no-op for one process."""
     info = info or env_info()
@@ -91,18 +77,6 @@ def destroy() -> None:
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
-def is_main() -> bool:
-    return rank() == 0
 
 
 def barrier() -> None:

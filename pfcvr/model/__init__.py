@@ -2,17 +2,19 @@
 
     tok = build_tokenizer(params.model, train_captions)
     model = build_model(params.model, num_classes, tok)
-    out = model(batch, weights=params.train.weights, mask_ratio=..., text_mask_ratio=...,
-                mim_mask=...)          # {"loss", "sdm", "id", "mlm", "mim", "part", "mlm_acc"}
+    criterion = Criterion(params.train.weights)          # pfcvr.losses
+    out = model(batch, terms=criterion.terms, mask_ratio=..., text_mask_ratio=...,
+                mim_mask=...)          # PFCVROutput(sdm, id, mlm, mim, part, mlm_acc), unweighted
+    loss = criterion(out)
     text = model.encode_text(tok(captions)); image = model.encode_image(images)
     save_model(model, folder, extra); model = load_model(folder, device)
 """
 from __future__ import annotations
 
 from pfcvr.model.io import load_model, save_model
-from pfcvr.model.pfcvr import PFCVR
+from pfcvr.model.pfcvr import PFCVR, PFCVROutput
 
-__all__ = ["PFCVR", "build_model", "build_tokenizer", "load_model", "save_model"]
+__all__ = ["PFCVR", "PFCVROutput", "build_model", "build_tokenizer", "load_model", "save_model"]
 
 
 def build_tokenizer(model_cfg, train_captions):

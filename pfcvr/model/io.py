@@ -66,7 +66,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu"):
     The returned model carries ``model.extra`` (the metadata saved with it) and
     ``model.source_folder``.
     """
-    from pfcvr.config import ConfigError, _not_recorded, parse_params
+    from pfcvr.config import ConfigError, ModelConfig, parse_section
     from pfcvr.data.tokenizer import Tokenizer
     from pfcvr.model.backbone import CLIPBackbone, clip_from_config
     from pfcvr.model.pfcvr import PFCVR
@@ -79,15 +79,12 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu"):
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT!r}")
     try:
-        cfg = parse_params({"model": meta["model"]}).model
+        cfg = parse_section(ModelConfig, meta["model"], "model")
     except ConfigError as err:
         raise ValueError(f"{folder / CONFIG}: invalid model params ({err})") from None
     tok = Tokenizer.load(folder / TOKENIZER)
-    # The model params here come from the saved folder, not params.yaml: not a params read.
-    with _not_recorded():
-        backbone = CLIPBackbone(clip_from_config(meta["clip_config"]),
-                                cls_pos_quirk=cfg.cls_pos_quirk)
-        model = PFCVR(cfg, backbone, tok, meta["num_classes"])
+    backbone = CLIPBackbone(clip_from_config(meta["clip_config"]), cls_pos_quirk=cfg.cls_pos_quirk)
+    model = PFCVR(cfg, backbone, tok, meta["num_classes"])
     if not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder}: {WEIGHTS} is missing")
     state = load_file(str(folder / WEIGHTS))

@@ -1,8 +1,10 @@
 """The PFCVR module: CLIP dual encoder + part alignment + bi-directional mask recovery.
 
 Retrieval uses only the global features (:meth:`PFCVR.encode_text`, :meth:`PFCVR.encode_image`,
-method §3.8). Training (:meth:`PFCVR.forward`) returns the named losses of §4; a branch whose
-weight is zero is skipped entirely (no compute, its parameters get no gradient).
+method §3.8). Training (:meth:`PFCVR.forward`) returns the *unweighted* losses of §4 as a
+:class:`PFCVROutput`, for the branches named in ``terms``; a branch not asked for is skipped
+entirely (no compute, its parameters get no gradient). The weights live in
+:class:`pfcvr.losses.Criterion`, which also says which branches to run.
 
 One training step (§5, our order):
 1. clean image -> all image tokens [B, 1+N, D] (patch embedding kept for step 5);
@@ -16,11 +18,21 @@ One training step (§5, our order):
 5. MIM: exactly round(mask_ratio * N) patches removed (part-guided or random), a second vision
    pass over the visible patches only, decoded with cross-attention to the caption tokens of
    step 1, pixel MSE on the removed patches (§3.5, §4.5);
-6. ``loss`` = weighted sum, weights applied only in :func:`pfcvr.losses.weighted_total`.
+6. the total loss is the weighted sum, applied outside the model by
+   :class:`pfcvr.losses.Criterion` (each weight once).
+
+Random draws happen in code order: the MLM caption corruption, the dropout of the part and MLM
+decoders, then the MIM patch mask. Keep that order when editing: a seed then reproduces earlier
+runs bit for bit.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from pfcvr import losses
@@ -31,6 +43,44 @@ from pfcvr.model.part_alignment import PartAlignment
 from pfcvr.model.recovery import ImageRecovery, TextRecovery
 
 PART_PROMPT = "car {}"          # official: "Car <part>" (the tokenizer lower-cases)
+ALL_TERMS = frozenset(losses.TERMS)
+
+
+@dataclass
+class PFCVROutput:
+    """The unweighted training losses of one batch (method §4), as ``PFCVR.forward`` returns them.
+
+    Each loss is a scalar fp32 tensor of shape [] (batch mean, attached to the graph), or None when
+    its branch did not run (not in ``terms``):
+
+    - ``sdm``: similarity distribution matching, image->text + text->image KL (§4.1);
+    - ``id``: identity classification, mean of the image and text cross-entropies (§4.2);
+    - ``mlm``: masked language recovery, cross-entropy at the corrupted positions (§4.3);
+    - ``mim``: masked image recovery, pixel MSE at the removed patches (§4.5);
+    - ``part``: part-level alignment, sigmoid BCE on [B, 6, 6] part similarities (§4.4);
+    - ``mlm_acc``: diagnostic, not a loss: fraction [] of corrupted positions whose original
+      token is the MLM argmax (detached; None without the MLM branch).
+
+    :meth:`terms` gives the present losses by name; ``Criterion(weights)(output)`` the total.
+    """
+
+    sdm: torch.Tensor | None = None
+    id: torch.Tensor | None = None
+    mlm: torch.Tensor | None = None
+    mim: torch.Tensor | None = None
+    part: torch.Tensor | None = None
+    mlm_acc: torch.Tensor | None = None
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The losses that were computed, {name: scalar tensor []}, in ``pfcvr.losses.TERMS``
+        order (``mlm_acc`` is not a loss and is not included)."""
+        return {name: value for name in losses.TERMS
+                if (value := getattr(self, name)) is not None}
+
+
+# A pytree node (as transformers registers its ModelOutput), so that DDP with
+# find_unused_parameters routes each tensor of the output through its unused-output sink.
+pytree.register_dataclass(PFCVROutput)
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -127,19 +177,50 @@ class PFCVR(nn.Module):
                 for p in getattr(self, name).parameters()]
 
     # ------------------------------------------------------------------------------ training
-    def forward(self, batch: dict, *, weights, mask_ratio: float, text_mask_ratio: float,
-                mim_mask: str) -> dict[str, torch.Tensor]:
-        """Training losses for one batch (see the module docstring for the order).
+    def static_batch(self, batch: dict) -> dict:
+        """``batch`` with ``caption_ids`` padded to the tokenizer's context length [B, L_ctx],
+        the width the training collate gives already. One input shape for every batch, so that a
+        compiled step (``train.compile``) is not recompiled for a batch trimmed to its longest
+        caption. The maths is that of the full-width batch: the caption tokens are unchanged
+        (causal text encoder), and MIM's cross-attention sees the padding positions as usual."""
+        ids, width = batch["caption_ids"], self.tokenizer.context_length
+        if ids.shape[1] >= width:
+            return batch
+        return {**batch, "caption_ids": F.pad(ids, (0, width - ids.shape[1]),
+                                              value=self.tokenizer.pad_id)}
 
-        batch: the training batch dict (``images`` [B,3,H,W], ``caption_ids`` [B,L], ``pids`` [B]
-        in 0..C-1, ``part_masks`` bool [B,6,G*G], ``part_present`` bool [B,6]); weights:
-        ``train.weights``; mask_ratio: fraction of patches removed for MIM; text_mask_ratio:
-        fraction of caption tokens corrupted for MLM; mim_mask: ``part`` | ``random``.
-        Returns ``loss`` (weighted total) and the unweighted terms of the active branches among
-        ``sdm, id, mlm, mim, part``, plus the diagnostic ``mlm_acc`` (not part of ``loss``).
+    def forward(self, batch: dict, *, terms: Collection[str] = ALL_TERMS, mask_ratio: float,
+                text_mask_ratio: float, mim_mask: str, static_shapes: bool = False
+                ) -> PFCVROutput:
+        """The unweighted training losses of one batch (see the module docstring for the order).
+
+        batch: the training batch dict (``images`` [B,3,H,W] CLIP-normalised, ``caption_ids``
+        [B,L], ``pids`` [B] in 0..C-1, ``part_masks`` bool [B,6,G*G], ``part_present`` bool
+        [B,6]); terms: the branches to run, a subset of ``sdm, id, mlm, mim, part`` (normally
+        ``Criterion(train.weights).terms``: those with a weight > 0); mask_ratio: fraction of
+        patches removed for MIM (exactly round(mask_ratio * G*G), §3.5, official 0.75);
+        text_mask_ratio: fraction of caption tokens corrupted for MLM (§3.4, BERT's 0.15);
+        mim_mask: ``part`` (part regions removed first) | ``random``; static_shapes: no tensor
+        whose shape depends on the data (for ``torch.compile`` without graph breaks and CUDA
+        graphs, ``train.compile``; see also :meth:`static_batch`): the MLM head runs at every
+        caption position and its cross-entropy ignores the unselected ones, so ``mlm`` is still
+        the mean over exactly the
+        corrupted positions (same value up to float summation order, at the cost of the head's
+        FLOPs at L instead of ~0.15 L positions per caption). False (eager default): the head
+        runs at the corrupted positions only, gathered by boolean indexing.
+
+        Returns a :class:`PFCVROutput` with the terms asked for (the others None) and ``mlm_acc``
+        when MLM ran. Raises ValueError for an empty or unknown ``terms``, ``id`` without an
+        identity classifier (num_classes=0), an unknown ``mim_mask``, or a ``mask_ratio`` that
+        removes no patch.
         """
-        w_sdm, w_id, w_part, w_mlm, w_mim = (weights.sdm, weights.id, weights.part, weights.mlm,
-                                             weights.mim)
+        terms = frozenset(terms)
+        if not terms or not terms <= ALL_TERMS:
+            raise ValueError(f"terms={sorted(terms)}: must be a non-empty subset of "
+                             f"{', '.join(losses.TERMS)}")
+        if "id" in terms and self.classifier is None:
+            raise ValueError("loss term 'id' asked for (train.weights.id > 0) but the model was "
+                             "built with num_classes=0 (no identity classifier)")
         images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"]
         patches = self.backbone.embed_patches(images)
         img_tokens = self.backbone.vision_tokens(patches)
@@ -147,12 +228,12 @@ class PFCVR(nn.Module):
         # prompts: the text encoder treats rows independently, so this is the same maths as
         # separate passes, with fewer, larger matrix products (and 2 passes fewer to launch).
         texts = [ids]
-        if w_mlm > 0:
+        if "mlm" in terms:
             corrupted, selected = corrupt_captions(
                 ids, text_mask_ratio, mask_id=self.tokenizer.mask_id, special_ids=self.special_ids,
                 ordinary=self.ordinary_ids)
             texts.append(corrupted)
-        if w_part > 0:
+        if "part" in terms:
             texts.append(self.part_prompt_ids)
         if len({t.shape[1] for t in texts}) == 1:
             rows = self.backbone.encode_text_tokens(torch.cat(texts)).split(
@@ -161,31 +242,34 @@ class PFCVR(nn.Module):
             rows = [self.backbone.encode_text_tokens(t) for t in texts]
         txt_tokens = rows[0]
         img_g, txt_g = img_tokens[:, 0], self._text_global(ids, txt_tokens)
-        terms: dict[str, torch.Tensor] = {}
-        if w_sdm > 0:
-            terms["sdm"] = losses.sdm_loss(img_g, txt_g, pids, self.scale)
-        if w_id > 0:
-            if self.classifier is None:
-                raise ValueError("train.weights.id > 0 but the model was built with "
-                                 "num_classes=0 (no identity classifier)")
+        out = PFCVROutput()
+        if "sdm" in terms:
+            out.sdm = losses.sdm_loss(img_g, txt_g, pids, self.scale)
+        if "id" in terms:
             logits_i, logits_t = self.classifier(torch.cat([img_g, txt_g])).chunk(2)
-            terms["id"] = losses.id_loss(logits_i, logits_t, pids)
-        if w_part > 0:
+            out.id = losses.id_loss(logits_i, logits_t, pids)
+        if "part" in terms:
             masks, present = batch["part_masks"], batch["part_present"]
             visual = self.part.visual_parts(img_tokens[:, 1:], masks)
             glob = txt_g if self.part_context == "caption" else img_g
             context = glob.unsqueeze(1) + rows[-1].mean(dim=1).to(glob.dtype)
             queries = self.part.decode(context, present)
-            terms["part"] = losses.part_loss(visual, queries, present, self.scale)
-        if w_mlm > 0:
-            logits = self.mlm(rows[1], img_tokens, selected)
-            targets = ids[selected]
-            terms["mlm"] = losses.mlm_loss(logits, targets)
-            terms["mlm_acc"] = (logits.argmax(-1) == targets).float().mean().detach()
-        if w_mim > 0:
-            terms["mim"] = self._mim_loss(images, patches, txt_tokens, batch, mask_ratio, mim_mask)
-        terms["loss"] = losses.weighted_total(terms, weights)
-        return terms
+            out.part = losses.part_loss(visual, queries, present, self.scale)
+        if "mlm" in terms:
+            if static_shapes:                   # [B*L, V] logits, unselected targets ignored
+                logits = self.mlm(rows[1], img_tokens, None).flatten(0, 1)
+                targets = torch.where(selected, ids, losses.IGNORE_INDEX).flatten()
+                out.mlm = losses.mlm_loss(logits, targets)
+                hits = (logits.argmax(-1) == targets).sum()     # ignored targets never match
+                out.mlm_acc = (hits / selected.sum()).detach()
+            else:                               # [M, V] at the M selected positions
+                logits = self.mlm(rows[1], img_tokens, selected)
+                targets = ids[selected]
+                out.mlm = losses.mlm_loss(logits, targets)
+                out.mlm_acc = (logits.argmax(-1) == targets).float().mean().detach()
+        if "mim" in terms:
+            out.mim = self._mim_loss(images, patches, txt_tokens, batch, mask_ratio, mim_mask)
+        return out
 
     def _mim_loss(self, images, patches, txt_tokens, batch, mask_ratio, mim_mask):
         b, n = patches.shape[:2]

@@ -4,7 +4,8 @@
   the clean image's tokens through one cross-attention layer (LayerNorm on both sides; its output
   *replaces* the query, no residual), then ``model.mlm_decoder.layers`` CLIP-style blocks, a
   LayerNorm, and the head Linear -> QuickGELU -> LayerNorm -> Linear(vocab). The head runs only at
-  the corrupted positions (the loss ignores every other position anyway).
+  the corrupted positions (the loss ignores every other position anyway), or, for a static-shape
+  graph (``torch.compile``, CUDA graphs), at every position, the loss then ignoring the others.
 * :class:`ImageRecovery` (MIM): the visible tokens of the second vision pass are put back in
   place among learnable mask tokens, a learnable decoder position embedding is added, and
   ``model.mim_decoder.layers`` blocks of [self-attention, cross-attention to the clean caption's
@@ -48,14 +49,16 @@ class TextRecovery(nn.Module):
         nn.init.normal_(self.head[3].weight, std=proj_std)
 
     def forward(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor,
-                selected: torch.Tensor) -> torch.Tensor:
+                selected: torch.Tensor | None) -> torch.Tensor:
         """text_tokens [B, L, D] (corrupted caption), image_tokens [B, T, D] (clean image),
-        selected bool [B, L] -> logits [M, V] at the M selected positions (row-major order)."""
+        selected bool [B, L] -> logits [M, V] at the M selected positions (row-major order);
+        selected None -> logits [B, L, V] at every position (no data-dependent shape)."""
         kv = self.ln_kv(image_tokens)
         x = self.cross_attn(self.ln_q(text_tokens), kv, kv)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_post(x)[selected])
+        x = self.ln_post(x)
+        return self.head(x if selected is None else x[selected])
 
 
 class MIMBlock(nn.Module):

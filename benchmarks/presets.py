@@ -5,7 +5,8 @@ dimensions (vision 768 x 12 layers x 12 heads, text 512 x 12 x 8, 77 tokens, 49,
 joint width 512) at 384 x 384 (24 x 24 patches), part decoder 6 layers x 512 / FFN 2048 /
 8 heads / dropout 0.1, MLM 4 layers x 8 heads, MIM 4 blocks of 8 heads x 96 with GEGLU 2048.
 It is built through the ``tiny`` (random CLIPConfig) path, so it needs no download; the
-benchmark uses it to compare with the official step cost.
+benchmarks (train_step.py, train_gpu.py) use it to compare with the official step cost. They run
+as scripts, so their folder is on ``sys.path`` and they import this as ``presets``.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ PRESETS = {"paper": PAPER}
 
 def preset(name: str):
     """The ``ModelConfig`` of a named preset (validated like params.yaml)."""
-    from pfcvr.config import parse_params
+    from pfcvr.config import ModelConfig, parse_section
 
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    return parse_params({"model": PRESETS[name]}).model
+    return parse_section(ModelConfig, PRESETS[name], "model")

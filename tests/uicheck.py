@@ -1,6 +1,6 @@
 """Check the MLflow UI as a user sees it: a real `mlflow server` and headless Chromium.
 
-`python -m pfcvr.uicheck [--store sqlite:///mlflow.db] [--screenshot reports/figures/mlflow_compare.png]`
+`python -m tests.uicheck [--store sqlite:///mlflow.db] [--screenshot reports/figures/mlflow_compare.png]`
 starts a server on a free 127.0.0.1 port over the store, asks its REST API for the experiment's
 runs, opens the runs page and the compare-runs page of two ablation variants in headless Chromium,
 checks that the variant run names, their params and their metrics are on the page, saves a

@@ -1,0 +1,204 @@
+"""The params.yaml schema: one pydantic model per section, with constraints and no defaults.
+
+Only declarations live here; :mod:`pfcvr.config` reads the file, merges ablation variants and
+words pydantic's errors as one line naming the dotted key. Each ``Field(...)`` carries only
+constraints: every field is required, because every default lives in params.yaml.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+
+class Section(BaseModel):
+    """Base of every params section: closed, strict, finite floats, no defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# One model per params.yaml section, same names, same order.
+
+class SplitFractions(Section):
+    train: float = Field(gt=0.0, le=1.0)
+    val: float = Field(ge=0.0, le=1.0)
+    test: float = Field(gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):  # the message continues the key that the error wording prepends
+        parts = dict(self.__dict__)
+        if abs(sum(parts.values()) - 1.0) > 1e-6:
+            raise ValueError(f"={parts}: fractions must sum to 1 (got {sum(parts.values()):g})")
+        return self
+
+
+class ViewMix(Section):
+    side_left: float = Field(ge=0.0)
+    side_right: float = Field(ge=0.0)
+    front: float = Field(ge=0.0)
+    rear: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_positive(self):
+        if sum(self.__dict__.values()) <= 0:
+            raise ValueError(": at least one view weight must be positive")
+        return self
+
+
+class SyntheticConfig(Section):
+    n_ids: int = Field(ge=6, le=100_000)
+    images_per_id: int = Field(ge=1, le=100)
+    captions_per_image: int = Field(ge=1, le=20)
+    image_size: int = Field(ge=32, le=1024)
+    split: SplitFractions
+    views: ViewMix
+    family_size: int = Field(ge=1, le=1000)
+    caption_error_rate: float = Field(ge=0.0, le=0.5)
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "t2i-veri", "t2i-verw", "cuhk-pedes", "icfg-pedes", "rstpreid"]
+    root: str
+    annotations: str
+    val_fraction: float = Field(ge=0.0, lt=1.0)
+    on_error: Literal["raise", "skip"]
+    synthetic: SyntheticConfig
+
+
+class PartsConfig(Section):
+    source: Literal["annotations", "groundingdino", "prior"]
+    detector: str
+    prompt: str
+    box_threshold: float = Field(ge=0.0, le=1.0)
+    text_threshold: float = Field(ge=0.0, le=1.0)
+    batch_size: int = Field(ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"]
+    unknown_category: Literal["error", "ignore"]
+
+
+class TinyBackbone(Section):
+    vision_width: int = Field(ge=8, le=4096)
+    vision_layers: int = Field(ge=1, le=64)
+    vision_heads: int = Field(ge=1, le=64)
+    text_width: int = Field(ge=8, le=4096)
+    text_layers: int = Field(ge=1, le=64)
+    text_heads: int = Field(ge=1, le=64)
+    context_length: int = Field(ge=8, le=512)
+    vocab_size: int = Field(ge=516, le=100_000)   # >= 4 specials + 2 x 256 bytes
+
+
+class PartDecoderConfig(Section):
+    layers: int = Field(ge=1, le=24)
+    heads: int = Field(ge=1, le=64)
+    ffn_dim: int = Field(ge=8, le=16384)
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+
+class MLMDecoderConfig(Section):
+    layers: int = Field(ge=1, le=24)
+    heads: int = Field(ge=1, le=64)
+
+
+class MIMDecoderConfig(Section):
+    layers: int = Field(ge=1, le=24)
+    heads: int = Field(ge=1, le=64)
+    head_dim: int = Field(ge=4, le=512)
+    ffn_dim: int = Field(ge=8, le=16384)
+
+
+class ModelConfig(Section):
+    backbone: str
+    image_size: int = Field(ge=16, le=2048)
+    patch_size: int = Field(ge=2, le=64)
+    embed_dim: int = Field(ge=8, le=4096)
+    tiny: TinyBackbone
+    temperature: float = Field(gt=0.0, le=10.0)
+    part_context: Literal["caption", "image"]
+    cls_pos_quirk: bool
+    part_decoder: PartDecoderConfig
+    mlm_decoder: MLMDecoderConfig
+    mim_decoder: MIMDecoderConfig
+
+
+class LossWeights(Section):
+    sdm: float = Field(ge=0.0, le=100.0)
+    id: float = Field(ge=0.0, le=100.0)
+    mlm: float = Field(ge=0.0, le=100.0)
+    mim: float = Field(ge=0.0, le=100.0)
+    part: float = Field(ge=0.0, le=100.0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=2, le=65_536)
+    lr: float = Field(gt=0.0, le=1.0)
+    lr_new_modules: float = Field(gt=0.0, le=1000.0)
+    lr_bias: float = Field(gt=0.0, le=1000.0)
+    weight_decay: float = Field(ge=0.0, le=1.0)
+    adam_eps: float = Field(gt=0.0, le=1.0)
+    warmup_epochs: float = Field(ge=0.0, le=10_000.0)
+    grad_clip: float = Field(ge=0.0)
+    precision: Literal["fp32", "bf16", "fp16"]
+    device: Literal["auto", "cpu", "cuda"]
+    num_workers: int = Field(ge=0, le=256)
+    cpu_threads: int = Field(ge=0, le=1024)
+    compile: bool
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs",
+                          "max-autotune"]
+    eval_every: int = Field(ge=1, le=10_000)
+    log_every: int = Field(ge=0, le=10_000_000)
+    hflip: float = Field(ge=0.0, le=1.0)
+    flip_masks: bool
+    mask_ratio: float = Field(ge=0.0, lt=1.0)
+    text_mask_ratio: float = Field(ge=0.0, lt=1.0)
+    mim_mask: Literal["part", "random"]
+    weights: LossWeights
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(ge=1, le=65_536)
+    chunk_size: int = Field(ge=1, le=10_000_000)
+    part_fusion: float = Field(ge=0.0, le=100.0)
+    topk_queries: int = Field(ge=1, le=100)
+
+
+class ReportConfig(Section):
+    seeds: list[int]
+
+
+class TuneConfig(Section):
+    n_trials: int = Field(ge=1, le=100_000)
+    timeout: float = Field(gt=0.0)
+    epochs: int = Field(ge=1, le=10_000)
+    sampler_seed: int = Field(ge=0)
+    space: dict[str, list[float]]     # dotted model.* / train.* key -> [low, high] (parse_params)
+
+
+class TrackingConfig(Section):
+    required: bool
+
+
+class Params(Section):
+    seed: int = Field(ge=0, le=2**31 - 1)
+    data: DataConfig
+    parts: PartsConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    ablations: dict[str, Any]         # variant -> sparse patch; checked by parse_params
+    report: ReportConfig
+    tune: TuneConfig
+    tracking: TrackingConfig
+    # Not params.yaml keys: set by parse_params for a merged ablation variant.
+    _variant: str | None = PrivateAttr(default=None)
+    _description: str | None = PrivateAttr(default=None)
+
+    @property
+    def variant(self) -> str | None:
+        """The ablation variant these params were merged for (None: the base params)."""
+        return self._variant
+
+    @property
+    def description(self) -> str | None:
+        """The merged variant's description (its name if it has none); None for the base."""
+        return self._description

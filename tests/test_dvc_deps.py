@@ -1,0 +1,71 @@
+"""dvc.yaml dependencies cannot go stale: every project file a stage imports is a dep of it.
+
+The truth is derived from the code (tests/import_graph.py walks each stage's transitive imports);
+a stage whose dvc.yaml entry misses one would be reported "up to date" by `dvc repro` after that
+file changed. Listing a whole folder is accepted (it is honest: the folder's files are covered).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.import_graph import ROOT, transitive_files
+
+DVC_YAML = ROOT / "dvc.yaml"
+
+
+def stage_commands(dvc: dict) -> dict[str, tuple[str, list[str]]]:
+    """``{stage: (module run by its cmd, deps)}`` for every stage (a foreach counts once)."""
+    out = {}
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        match = re.search(r"python -m ([\w.]+)", body["cmd"])
+        assert match, f"dvc.yaml stage {name}: cmd does not run `python -m <module>`"
+        out[name] = (match.group(1), [str(d) for d in body.get("deps", [])])
+    return out
+
+
+def missing_deps(module: str, deps: list[str]) -> list[str]:
+    """Project files imported by ``python -m module`` that no dep (file or folder) covers."""
+    covered = [ROOT / d for d in deps]
+    missing = []
+    for path in sorted(transitive_files(module)):
+        if not any(path == c or c in path.parents for c in covered):
+            missing.append(str(path.relative_to(ROOT)))
+    return missing
+
+
+def test_every_stage_lists_every_imported_file():
+    stages = stage_commands(yaml.safe_load(DVC_YAML.read_text()))
+    assert {"prepare", "parts", "train", "evaluate", "report", "tune"} <= set(stages)
+    problems = {name: missing for name, (module, deps) in stages.items()
+                if (missing := missing_deps(module, deps))}
+    assert not problems, f"dvc.yaml deps miss files the stage imports: {problems}"
+
+
+def test_every_listed_code_dep_exists():
+    """A dep that names a moved or deleted module is stale too (DVC would fail on it)."""
+    stages = stage_commands(yaml.safe_load(DVC_YAML.read_text()))
+    for name, (_, deps) in stages.items():
+        for dep in deps:
+            if dep.startswith(("pfcvr", "stages")):
+                assert (ROOT / dep).exists(), f"dvc.yaml stage {name}: dep {dep} does not exist"
+
+
+@pytest.mark.parametrize("stage", ["train", "prepare"])
+def test_deleting_one_dep_line_is_caught(stage):
+    """The check has teeth: drop one imported library file from a stage's deps and it is named."""
+    module, deps = stage_commands(yaml.safe_load(DVC_YAML.read_text()))[stage]
+    dropped = "pfcvr/config.py"
+    assert dropped in deps
+    assert missing_deps(module, [d for d in deps if d != dropped]) == [dropped]
+
+
+def test_lazy_imports_count(tmp_path):
+    """An import inside a function is a dependency too: pfcvr.__init__'s lazy `load` import."""
+    files = {str(p.relative_to(ROOT)) for p in transitive_files("pfcvr")}
+    assert "pfcvr/__init__.py" in files and "pfcvr/config.py" in files
+    assert any(f.startswith("pfcvr/model/") for f in files)

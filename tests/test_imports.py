@@ -1,0 +1,230 @@
+"""The package's import structure: no cycles, every module importable alone, a light `import pfcvr`.
+
+- The static import graph of pfcvr/ (every ``import`` / ``from`` of a pfcvr module, the ones
+  inside functions included: a lazy import still runs when its function does) has no cycle. A
+  cycle is what function-level imports used to hide (cli <-> search).
+- Each module imports in a fresh interpreter of its own, so none depends on another module having
+  been imported first.
+- ``import pfcvr`` loads neither torch nor the model package, so that light tools (the prepare
+  stage, the CLI's argument parsing) stay light.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "pfcvr"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+
+
+def module_names(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
+    """``{dotted name: file}`` of every module of ``package`` (a package by its __init__)."""
+    out = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` -> [a, a.b]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def imports_in(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """Modules of ``known`` that module ``name`` imports, anywhere in ``source``.
+
+    Edges: each module an import names (``import a.b``; ``from a import b`` when ``a.b`` is a
+    module), the package of a ``from pkg import attribute`` (its attributes are read at import
+    time), and the packages above a named module whose ``__init__`` runs first. A package that
+    contains ``name`` is no such implicit edge: Python is already importing it when ``name`` runs.
+    """
+    package = name if is_package else name.rpartition(".")[0]
+    mine = set(_ancestors(name))
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from ..y import z
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            subs = [f"{base}.{a.name}" for a in node.names]
+            targets = [s for s in subs if s in known]
+            if len(targets) < len(subs):         # some names are attributes of base
+                targets.append(base)
+        else:
+            continue
+        for target in targets:
+            if target in known:
+                found.add(target)
+            found.update(p for p in _ancestors(target) if p in known and p not in mine)
+    found.discard(name)
+    return found
+
+
+def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
+    """``{module: {pfcvr modules it imports}}`` for every module of ``package``."""
+    files = module_names(root, package)
+    known = set(files)
+    return {name: imports_in(path.read_text(), name, path.name == "__init__.py", known)
+            for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]`` (depth-first, in sorted order), or None."""
+    state: dict[str, str] = {}          # "open" while on the stack, "done" after
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the checker itself
+# ----------------------------------------------------------------------------------------------
+
+def test_cycle_finder_names_the_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_graph_sees_lazy_relative_and_package_imports():
+    known = {"p", "p.b", "p.sub", "p.sub.a", "p.sub.x", "p.sub.y", "q", "q.r"}
+    src = ("import os\n"
+           "import q.r\n"                       # q.r, and q's __init__ runs first
+           "def g():\n"
+           "    from p import b\n"              # function level still counts; b is a module
+           "    from . import a\n")             # relative to p.sub.x's package: p.sub.a
+    assert imports_in(src, "p.sub.x", False, known) == {"q", "q.r", "p.b", "p.sub.a"}
+    # the packages containing p.sub.x are no edge (already importing) unless their attributes
+    # are read
+    assert imports_in("from p.sub.y import f\n", "p.sub.x", False, known) == {"p.sub.y"}
+    assert imports_in("from p.sub import y\n", "p.sub.x", False, known) == {"p.sub.y"}
+    assert imports_in("from p.sub import CONST\n", "p.sub.x", False, known) == {"p.sub"}
+    assert imports_in("from .. import CONST, b\n", "p.sub.x", False, known) == {"p", "p.b"}
+    # the cycle of the old cli <-> search, hidden in a function, is found
+    graph = {"p.cli": imports_in("def h():\n    from p.search import run\n", "p.cli", False,
+                                 {"p.cli", "p.search"}),
+             "p.search": imports_in("def main():\n    from p.cli import main\n", "p.search", False,
+                                    {"p.cli", "p.search"})}
+    assert find_cycle(graph) == ["p.cli", "p.search", "p.cli"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the package
+# ----------------------------------------------------------------------------------------------
+
+def test_no_import_cycle_in_pfcvr():
+    graph = import_graph()
+    assert {"pfcvr", "pfcvr.cli", "pfcvr.search", "pfcvr.data.dataset"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cli_and_search_do_not_import_each_other_back():
+    """Only the CLI parses arguments; the search package never reaches up to it (its
+    ``__main__`` is the command-line entry, which may)."""
+    graph = import_graph()
+    search = [m for m in graph if m == "pfcvr.search" or m.startswith("pfcvr.search.")]
+    assert [m for m in search if "pfcvr.cli" in graph[m]] == ["pfcvr.search.__main__"]
+    assert "pfcvr.data.parts" not in graph["pfcvr.data.dataset"]
+
+
+# A fresh interpreter that loads the heavy third-party libraries once (never a pfcvr module),
+# then forks one child per pfcvr module; each child imports its module into a process where no
+# pfcvr module was ever imported, which is what "alone" needs, at a fraction of the cost of one
+# interpreter start (torch: seconds) per module. torch is made to be forked after import (its
+# DataLoader workers are). A child's failure comes back as its traceback.
+_ZYGOTE = r"""
+import importlib, json, os, sys, traceback
+for lib in sys.argv[1].split():
+    importlib.import_module(lib)
+package = sys.argv[2]
+results = {}
+for name in sys.argv[3:]:
+    assert not [m for m in sys.modules if m == package or m.startswith(package + ".")]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            os.write(w, traceback.format_exc()[-1500:].encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        err = fh.read()
+    results[name] = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err]
+print("RESULTS " + json.dumps(results))
+"""
+PRELOAD = "numpy PIL.Image torch transformers"
+
+
+def import_each_alone(names: list[str], root: Path = ROOT, package: str = PACKAGE,
+                      preload: str = PRELOAD) -> dict[str, tuple[int, str]]:
+    """``{module: (exit code, traceback)}``: each module imported in a child process of a fresh
+    interpreter that has loaded ``preload`` (third-party) and no module of ``package``."""
+    env = {**ENV, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-c", _ZYGOTE, preload, package, *names], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULTS ")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    return {n: (code, err) for n, (code, err) in json.loads(lines[-1][len("RESULTS "):]).items()}
+
+
+def test_import_alone_catches_an_import_order_dependency(tmp_path):
+    """zz.a and zz.b import each other: whichever comes first fails, alone."""
+    pkg = tmp_path / "zz"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from zz.b import X\nY = 1\n")
+    (pkg / "b.py").write_text("from zz.a import Y\nX = 2\n")
+    (pkg / "ok.py").write_text("import json\n")
+    out = import_each_alone(["zz.a", "zz.b", "zz.ok"], tmp_path, "zz", preload="")
+    assert out["zz.ok"] == (0, "")
+    for name in ("zz.a", "zz.b"):
+        assert out[name][0] == 1 and "ImportError" in out[name][1]
+
+
+def test_every_module_imports_alone():
+    """Each module in a process of its own where no other pfcvr module was imported first."""
+    names = list(module_names())
+    results = import_each_alone(names)
+    assert sorted(results) == sorted(names)
+    failed = {n: err for n, (code, err) in results.items() if code != 0}
+    assert not failed, "\n\n".join(f"import {n} failed alone:\n{err}" for n, err in failed.items())
+
+
+def test_import_pfcvr_is_light():
+    code = ("import sys, pfcvr; print(' '.join(sorted(m for m in sys.modules if m in "
+            "('torch', 'transformers', 'mlflow', 'matplotlib') or m.startswith('pfcvr.model'))))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [], f"`import pfcvr` loads {run.stdout.strip()}"
