@@ -44,16 +44,18 @@ test: setup browser  ## the whole test suite (CI runs exactly this)
 test-fast: setup  ## everything but the end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
-ui: setup  ## MLflow UI over the repository's store
-	@echo "MLflow UI: http://$(HOST):$(PORT)  (Ctrl-C to stop)"
+ui: setup  ## MLflow UI over the repository's store; prints the ablation and compare pages
+	@MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db $(PY) -m pfcvr.tracking \
+	  --ui-urls http://$(HOST):$(PORT) || true
+	@echo "(Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
 
 tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overrides ./optuna.db)
 	@$(PY) -m pfcvr.dashboard $(HOST) $(TUNE_PORT)
 
-ui-check: setup browser  ## real server + headless Chromium over ./mlflow.db; saves a screenshot
-	$(PY) -m tests.uicheck --store sqlite:///$(CURDIR)/mlflow.db --screenshot reports/figures/mlflow_compare.png
+ui-check: setup browser  ## real server + offline headless Chromium over ./mlflow.db; 2 screenshots
+	$(PY) -m tests.uicheck --store sqlite:///$(CURDIR)/mlflow.db --figures reports/figures
 
 bench: setup  ## speed and memory benchmarks (print ratios); presets.py is their shared data
 	for b in benchmarks/*.py; do [ "$$b" = benchmarks/presets.py ] && continue; \

@@ -122,7 +122,7 @@ def tflop(flops: float) -> str:
 
 
 class _Indices(torch.utils.data.Dataset):
-    """Stand-in dataset: the Trainer needs a loader to size its schedule; batches come from memory."""
+    """Stand-in dataset: the Trainer needs a loader to size its schedule; batches are in memory."""
 
     def __init__(self, n: int):
         self.n = n
@@ -188,7 +188,8 @@ def measure(model, batch, cfg, device, warmup: int, steps: int, backend: str,
             trainer.guard.flush()
             sync()
         key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        out["profile"] = prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+        out["profile"] = prof.key_averages().table(sort_by=key, row_limit=15,
+                                                   max_name_column_width=60)
     del trainer
     if cfg.compile:     # frees the compiled graphs (and CUDA-graph pools) of this run
         torch._dynamo.reset()
@@ -264,9 +265,10 @@ def main(argv=None) -> None:
     model = build_model(parse_params({**to_dict(load_params(ROOT / "params.yaml")),
                                       "model": model_raw}).model, n_classes, tok).to(device)
     print(f"== {args.config} config on {device} ({name}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads; {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          f"params; built in {time.perf_counter() - start:.1f} s; {warmup} warm-up + {steps} timed "
-          f"steps; compiled = torch.compile backend {backend}, mode {args.compile_mode}",
+          f"{torch.get_num_threads()} CPU threads; "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; built in "
+          f"{time.perf_counter() - start:.1f} s; {warmup} warm-up + {steps} timed steps; "
+          f"compiled = torch.compile backend {backend}, mode {args.compile_mode}",
           flush=True)
     print(f"{'mode':>9s}{'prec':>6s}{'batch':>6s}{'run':>9s}{'ms/step':>9s}{'samples/s':>10s}"
           f"{'peak GB':>9s}{'TFLOP/step':>11s}{'TFLOP/s':>9s}{'MFU':>7s}{'1st step s':>11s}",
@@ -297,7 +299,8 @@ def main(argv=None) -> None:
                 for run in ("full", "baseline"):
                     label = f"{mode:>9s}{precision:>6s}{bs:6d}{run:>9s}"
                     left = args.budget_s - (time.perf_counter() - start)
-                    if mode == "compiled" and backend == "inductor" and left < max(60.0, 1.2 * slowest_compile):
+                    if mode == "compiled" and backend == "inductor" \
+                            and left < max(60.0, 1.2 * slowest_compile):
                         print(f"{label}  skipped: {left:.0f} s of --budget-s left, a compilation "
                               f"took up to {slowest_compile:.0f} s", flush=True)
                         continue
@@ -307,7 +310,8 @@ def main(argv=None) -> None:
                     try:
                         r = measure(model, batch, cfg, device, warmup, steps, backend, profile)
                     except Exception as err:  # one failed run must not cost the others (OOM ...)
-                        print(f"{label}  failed: {type(err).__name__}: {str(err)[:300]}", flush=True)
+                        print(f"{label}  failed: {type(err).__name__}: {str(err)[:300]}",
+                              flush=True)
                         if cuda:
                             torch.cuda.empty_cache()
                         continue

@@ -1,4 +1,4 @@
-"""Training-step cost of PFCVR: baseline (SDM + ID) versus full (all five losses) versus a plain CLIP.
+"""Training-step cost of PFCVR: baseline (SDM + ID), full (all five losses) and a plain CLIP.
 
 For each configuration (``tiny`` = the model section of params.yaml, ``paper`` = ViT-B/16 at
 384 px with the official head sizes, random weights: benchmarks/presets.py) it builds one model,
@@ -24,7 +24,6 @@ there. Timings are never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import random
@@ -114,18 +113,15 @@ class PeakRSS:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def train_step(model, opt, batch, criterion, device, precision) -> tuple[float, float, float]:
-    """One training step; seconds of (forward incl. loss, backward, optimizer)."""
+def timed_step(loss_fn, opt, device, precision) -> tuple[float, float, float]:
+    """One training step of ``loss_fn() -> scalar loss``; seconds of (forward incl. loss,
+    backward, optimizer). The loss is read on the host, as the training loop logs it."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-           else contextlib.nullcontext())
     sync()
     t0 = time.perf_counter()
-    with amp:
-        out = model(batch, terms=criterion.terms, mask_ratio=0.75, text_mask_ratio=0.15,
-                    mim_mask="part")
-        loss = criterion(out)
-    loss.item()                        # the training loop logs it: include the sync
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = loss_fn()
+    loss.item()
     t1 = time.perf_counter()
     loss.backward()
     sync()
@@ -134,6 +130,13 @@ def train_step(model, opt, batch, criterion, device, precision) -> tuple[float, 
     opt.zero_grad(set_to_none=True)
     sync()
     return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def train_step(model, opt, batch, criterion, device, precision) -> tuple[float, float, float]:
+    """One PFCVR training step (all branches of ``criterion``), timed by :func:`timed_step`."""
+    return timed_step(lambda: criterion(model(batch, terms=criterion.terms, mask_ratio=0.75,
+                                              text_mask_ratio=0.15, mim_mask="part")),
+                      opt, device, precision)
 
 
 def trained_parameters(model, batch, criterion, device, precision) -> list:
@@ -203,22 +206,8 @@ class ReferenceCLIP(nn.Module):
 
 
 def reference_step(ref, opt, batch, device, precision) -> tuple[float, float, float]:
-    """One InfoNCE training step of the reference CLIP; seconds of (forward, backward, optimizer),
-    timed as :func:`train_step` times PFCVR's."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        loss = ref(batch["images"], batch["caption_ids"])
-    loss.item()
-    t1 = time.perf_counter()
-    loss.backward()
-    sync()
-    t2 = time.perf_counter()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    sync()
-    return t1 - t0, t2 - t1, time.perf_counter() - t2
+    """One InfoNCE training step of the reference CLIP, timed as PFCVR's."""
+    return timed_step(lambda: ref(batch["images"], batch["caption_ids"]), opt, device, precision)
 
 
 def measure(steppers: dict, device, warmup: int, steps: int) -> dict:

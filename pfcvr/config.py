@@ -19,6 +19,9 @@ module reads the file, merges variants and words the errors):
   defaults", as there are none. Inside an ablation variant, which is a sparse patch over
   ``model``/``train``, a null mapping (``train:``, ``weights:``, or the whole variant) overrides
   nothing; a null *leaf* (``lr:``) is an error naming the key once merged.
+- ``tune.space`` is the ``model``/``train`` tree with a ``[low, high]`` list at each searched
+  leaf, so every range is an ordinary ``dvc exp run -S tune.space.<key>`` key; the code reads it
+  by dotted name (``TuneConfig.ranges``: ``{'train.mask_ratio': [0.3, 0.9], ...}``).
 - Overrides (``load_params(..., overrides=)``) merge over the file's values (a mapping merges into
   its section, as ``dvc exp run -S`` does), then all is validated.
 """
@@ -35,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from pfcvr.params_schema import (  # noqa: F401
     DataConfig, EvalConfig, LossWeights, MIMDecoderConfig, MLMDecoderConfig, ModelConfig, Params,
     PartDecoderConfig, PartsConfig, ReportConfig, Section, SplitFractions, SyntheticConfig,
-    TinyBackbone, TrackingConfig, TrainConfig, TuneConfig, ViewMix)
+    TinyBackbone, TrackingConfig, TrainConfig, TuneConfig, ViewMix, space_ranges)
 
 PART_CATEGORIES = ("windows", "lights", "wheels", "mirrors", "roof", "doors")
 
@@ -240,22 +243,28 @@ def _merge_variant(raw: dict, name: str) -> dict:
 
 
 def _validate_space(raw: dict, base: dict) -> None:
-    """Each ``tune.space`` key names a numeric model/train param; both bounds are valid values."""
-    for key, bounds in base["tune"]["space"].items():
+    """Each leaf of the ``tune.space`` tree names a numeric model/train param; both bounds are
+    valid values of it. (Its shape, a tree of lists of numbers, is checked by the schema.)"""
+    for key, bounds in space_ranges(base["tune"]["space"]).items():
         where = f"tune.space.{key}"
         if key.split(".")[0] not in VARIANT_SECTIONS:
             raise ConfigError(f"{where}: only model.* and train.* parameters can be tuned")
         try:
             current = get_dotted(base, key)
-        except (AttributeError, KeyError):
+        except (AttributeError, KeyError, TypeError):   # TypeError: below a leaf
             raise ConfigError(f"{where}: no such parameter") from None
         if isinstance(current, bool) or not isinstance(current, (int, float)):
             raise ConfigError(f"{where}: {key} is not numeric and cannot be searched")
         if len(bounds) != 2 or not bounds[0] < bounds[1]:
             raise ConfigError(f"{where}={bounds!r}: must be [low, high] with low < high")
         for bound in bounds:  # both ends must themselves be valid values of the parameter
+            if isinstance(current, int):   # sampled as integers: a fraction is no value of it
+                if not float(bound).is_integer():
+                    raise ConfigError(f"{where}: bound {bound!r} is invalid ({key} is an "
+                                      "integer)")
+                bound = int(bound)
             probe = copy.deepcopy(raw)
-            set_dotted(probe, key, int(bound) if isinstance(current, int) else float(bound))
+            set_dotted(probe, key, bound)
             try:
                 parse_section(Params, probe)
             except ConfigError as err:
@@ -281,23 +290,6 @@ def _validate_seeds(seeds: list[int]) -> None:
                           "list each seed once")
 
 
-def _check_space_shape(raw: dict) -> None:
-    """A ``tune.space`` entry that is a mapping (``train: {batch_size: [..]}``) instead of one
-    dotted key: what `dvc exp run -S '+tune.space.train.batch_size=[..]'` writes. Named here,
-    before the schema would call it "must be a list"."""
-    tune = raw.get("tune")
-    space = tune.get("space") if isinstance(tune, dict) else None
-    if not isinstance(space, dict):
-        return   # missing or mistyped: the schema names it
-    for key, value in space.items():
-        if isinstance(value, dict):
-            inner = next(iter(value), "name")
-            raise ConfigError(f"tune.space.{key}: a nested mapping; write each searched parameter "
-                              f"as one dotted key under tune.space in params.yaml, e.g. "
-                              f"`{key}.{inner}: [low, high]` (`dvc exp run -S` splits a key at its "
-                              "dots, so it cannot add one)")
-
-
 def parse_params(raw: dict, variant: str | None = None) -> Params:
     """Validate a raw params mapping completely, then return it (merged for ``variant``).
 
@@ -308,7 +300,6 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     """
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: must be a mapping of sections")
-    _check_space_shape(raw)
     base = parse_section(Params, raw)
     for name in raw["ablations"]:
         try:

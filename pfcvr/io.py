@@ -101,24 +101,26 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     return removed
 
 
-def new_temp_file(path: str | Path) -> Path:
-    """Create an empty private temporary file beside ``path`` (stale ones removed first)."""
+def _new_temp(path: str | Path, create) -> Path:
+    """A fresh private temporary beside ``path`` made by ``create(tmp)`` (stale ones removed
+    first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = temp_name(path)
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    create(tmp)
     return tmp
+
+
+def new_temp_file(path: str | Path) -> Path:
+    """Create an empty private temporary file beside ``path`` (stale ones removed first)."""
+    return _new_temp(path, lambda t: os.close(os.open(t, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                                                      0o600)))
 
 
 def new_temp_dir(path: str | Path) -> Path:
     """Create an empty private temporary folder beside ``path`` (stale ones removed first)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = temp_name(path)
-    os.mkdir(tmp, 0o700)
-    return tmp
+    return _new_temp(path, lambda t: os.mkdir(t, 0o700))
 
 
 # ----------------------------------------------------------------------------------------------

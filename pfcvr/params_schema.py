@@ -6,9 +6,10 @@ constraints: every field is required, because every default lives in params.yaml
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -171,7 +172,22 @@ class TuneConfig(Section):
     timeout: float = Field(gt=0.0)
     epochs: int = Field(ge=1, le=10_000)
     sampler_seed: int = Field(ge=0)
-    space: dict[str, list[float]]     # dotted model.* / train.* key -> [low, high] (parse_params)
+    space: dict[str, Any]             # the model/train tree, leaves [low, high] (see _space_tree)
+
+    @field_validator("space")
+    @classmethod
+    def _space_tree(cls, space: dict) -> dict:
+        """The shape of `tune.space` (nested mappings, leaves lists of finite numbers, stored as
+        floats); which parameters the leaves name and their bounds are checked by
+        ``pfcvr.config.parse_params``. The messages continue the key ``tune.space``."""
+        return _check_space_node(space, "")
+
+    @property
+    def ranges(self) -> dict[str, list[float]]:
+        """`space` flattened to dotted names, ``{'train.mask_ratio': [0.3, 0.9], ...}``, in the
+        file's order: the names of the Optuna params, of the trials' MLflow params and of the
+        `dvc exp run -S` line that applies a trial's values."""
+        return space_ranges(self.space)
 
 
 class TrackingConfig(Section):
@@ -202,3 +218,57 @@ class Params(Section):
     def description(self) -> str | None:
         """The merged variant's description (its name if it has none); None for the base."""
         return self._description
+
+
+# ----------------------------------------------------------------------------------------------
+# tune.space: a tree of [low, high] leaves
+# ----------------------------------------------------------------------------------------------
+
+def _nested_form(key: str) -> str:
+    """``train.weights.mlm`` -> ``train: {weights: {mlm: [low, high]}}`` (for messages)."""
+    text = "[low, high]"
+    for part in reversed(key.split(".")[1:]):
+        text = f"{{{part}: {text}}}"
+    return f"{key.split('.')[0]}: {text}"
+
+
+def _check_space_node(node: dict, path: str) -> dict:
+    """``node`` of `tune.space` checked and copied, leaves as float lists; ValueError worded as
+    the rest of a message that starts with ``tune.space``."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        where = f"{path}.{key}"
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: a key must be a parameter name")
+        if "." in key:   # the form before the tree: `dvc exp run -S` cannot address it
+            raise ValueError(f"{where}: a dotted key; write tune.space as the params tree, "
+                             f"`{_nested_form(where[1:])}`, the form that `dvc exp run -S "
+                             f"tune.space{where}=[low,high]` sets")
+        if isinstance(value, dict):
+            out[key] = _check_space_node(value, where)
+        elif value is None:
+            raise ValueError(f"{where}: empty (null); write [low, high] or the searched "
+                             f"parameters below it, or remove it (-S '~tune.space{where}')")
+        elif not isinstance(value, list):
+            raise ValueError(f"{where}={value!r}: must be a list")
+        else:
+            for i, bound in enumerate(value):
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                    raise ValueError(f"{where}[{i}]={bound!r}: must be a number")
+                if not math.isfinite(bound):
+                    raise ValueError(f"{where}[{i}]={bound!r}: must be a finite number")
+            out[key] = [float(b) for b in value]
+    return out
+
+
+def space_ranges(space: dict, prefix: str = "") -> dict[str, list[float]]:
+    """A `tune.space` tree (as checked by ``TuneConfig``) as ``{dotted name: [low, high]}``."""
+    out: dict[str, list[float]] = {}
+    for key, value in space.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(space_ranges(value, name))
+        else:
+            out[name] = value
+    return out
+

@@ -1,14 +1,22 @@
 """Ablation report: aggregate per-variant test metrics over seeds, compare each variant to `full`.
 
 Input: ``reports/metrics/<variant>.json`` written by the evaluate stage, shaped
-``{checkpoint: {metric: {"mean", "std", "runs"}}}`` with checkpoint ``best`` (selected on val, the
-primary number) or ``final``. :func:`ablation_report` is the `report` stage's one call.
-A delta counts as *inside the seed noise* when it is smaller than twice the standard error of the
-difference of two means, 2 * sqrt(s_v^2 / n_v + s_ref^2 / n_ref) (about a 95 % interval).
+``{checkpoint: {metric: {"mean", "std", "runs"}}, "seeds": [...]}`` with checkpoint ``best``
+(selected on val, the primary number) or ``final``; ``runs[i]`` is the run of ``seeds[i]``.
+:func:`ablation_report` is the `report` stage's one call.
+
+The verdicts are paired (:mod:`pfcvr.paired`): the same seed gives every variant the same initial
+weights, data order and augmentation stream, so each variant is compared with `full` seed by seed,
+by the mean paired difference and its two-sided 95 % t interval over the seeds both have; a
+component *helps* when that R1 interval lies below 0, *hurts* when above 0, and *cannot be told
+apart* otherwise. The minimal detectable R1 effect of the design (:func:`detectable_effect`) is
+printed with them. The older unpaired band, 2 * sqrt(s_v^2 / n_v + s_ref^2 / n_ref), stays in the
+JSON as ``within_noise`` for comparison; it ignores the pairing and so sees less.
 
 One seed has no spread to estimate: with fewer than :data:`MIN_SEEDS` runs on either side there
-is no noise band, the delta is reported as a difference without a verdict (``within_noise`` null,
-``single_seed`` true in the JSON, no std), never as "outside the seed noise".
+is no noise band, no interval and no verdict; the delta is reported as a difference
+(``within_noise`` null, ``single_seed`` true in the JSON, no std), never as "outside the seed
+noise".
 """
 from __future__ import annotations
 
@@ -19,15 +27,23 @@ from pathlib import Path
 from typing import Any
 
 from pfcvr.io import read_json
+from pfcvr.paired import (ALPHA, HELPS, HURTS, NO_PAIR, SINGLE, UNCLEAR, PairedDifference,
+                          compare_by_seed, design_mde, verdict)
+from pfcvr.paired_text import REFERENCE, VERDICT_METRIC, paired_section, verdicts
 from pfcvr.published import published_markdown
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-REFERENCE = "full"
 MIN_SEEDS = 2   # runs below which a std (and so a noise band) does not exist
 
 
 def collect(variants: list[str], metrics_dir: str | Path, checkpoint: str = "best") -> dict:
-    """``{variant: {metric: {"mean", "std", "runs"}}}`` for one checkpoint kind."""
+    """``{variant: {metric: {"mean", "std", "runs", "seeds"}}}`` for one checkpoint kind.
+
+    ``seeds[i]`` is the training seed of ``runs[i]``: the file's ``seeds`` list, or 0 .. n-1 for a
+    file without one (the evaluate stage writes the runs in ``report.seeds`` order).
+    Raises FileNotFoundError for a missing file and ValueError for a file without the checkpoint,
+    without a metric, or whose seeds list does not match its runs.
+    """
     table: dict[str, dict] = {}
     for variant in variants:
         path = Path(metrics_dir) / f"{variant}.json"
@@ -37,10 +53,16 @@ def collect(variants: list[str], metrics_dir: str | Path, checkpoint: str = "bes
         missing = [m for m in METRICS if m not in data[checkpoint]]
         if missing:
             raise ValueError(f"{path}: '{checkpoint}' lacks metrics {', '.join(missing)}")
-        table[variant] = {m: {"mean": float(data[checkpoint][m]["mean"]),
-                              "std": float(data[checkpoint][m]["std"]),
-                              "runs": [float(x) for x in data[checkpoint][m]["runs"]]}
-                          for m in METRICS}
+        table[variant] = {}
+        for m in METRICS:
+            cell = data[checkpoint][m]
+            runs = [float(x) for x in cell["runs"]]
+            seeds = [int(s) for s in data.get("seeds", range(len(runs)))]
+            if len(seeds) != len(runs):
+                raise ValueError(f"{path}: '{checkpoint}' {m} has {len(runs)} runs but "
+                                 f"{len(seeds)} seeds ({seeds})")
+            table[variant][m] = {"mean": float(cell["mean"]), "std": float(cell["std"]),
+                                 "runs": runs, "seeds": seeds}
     return table
 
 
@@ -59,7 +81,8 @@ def noise_band(a: dict, b: dict) -> float | None:
 
 def compare(table: dict, reference: str = REFERENCE) -> dict:
     """``{variant: {metric: {"delta", "noise", "within_noise", "single_seed"}}}`` relative to
-    ``reference``; ``noise`` and ``within_noise`` are None where :func:`noise_band` is."""
+    ``reference`` (difference of the seed means; the unpaired band); ``noise`` and
+    ``within_noise`` are None where :func:`noise_band` is."""
     if reference not in table:
         raise ValueError(f"the reference variant '{reference}' has no results")
     ref = table[reference]
@@ -77,6 +100,20 @@ def compare(table: dict, reference: str = REFERENCE) -> dict:
     return out
 
 
+def paired_comparison(table: dict, reference: str = REFERENCE
+                      ) -> dict[str, dict[str, PairedDifference]]:
+    """``{variant: {metric: PairedDifference}}``: each variant minus ``reference`` seed by seed,
+    with the 95 % t interval (:func:`pfcvr.paired.compare_by_seed`). Raises ValueError when
+    ``reference`` has no results."""
+    return compare_by_seed(table, reference, METRICS)
+
+
+def detectable_effects(paired: dict) -> dict[str, dict]:
+    """``{metric: pfcvr.paired.design_mde(...)}``: the minimal detectable effect of the design
+    per metric, from the paired differences of every variant (s_d pooled over the variants)."""
+    return {m: design_mde([cells[m] for cells in paired.values()]) for m in METRICS}
+
+
 def _fmt(cell: dict) -> str:
     """``mean ± std``, or the mean alone for a single run (a std of 0 would claim no noise)."""
     if single_seed(cell):
@@ -84,33 +121,15 @@ def _fmt(cell: dict) -> str:
     return f"{cell['mean']:.1f} ± {cell['std']:.1f}"
 
 
-def _delta(cell: dict) -> str:
-    return f"{cell['delta']:+.1f}{' *' if cell['within_noise'] is False else ''}"
-
-
-def verdicts(deltas: dict, descriptions: dict[str, str], metric: str = "R1") -> list[str]:
-    """Plain sentences: what removing or changing each component did to ``metric``."""
-    lines = []
-    for variant, d in deltas.items():
-        cell = d[metric]
-        what = descriptions.get(variant, variant)
-        if cell["within_noise"] is None:
-            lines.append(f"- `{variant}` ({what}): {metric} {cell['delta']:+.1f} against `full`, "
-                         "from a single seed: a difference, not a significance (one seed gives "
-                         "no estimate of the seed noise; list two or more seeds in report.seeds).")
-        elif cell["within_noise"]:
-            lines.append(f"- `{variant}` ({what}): {metric} {cell['delta']:+.1f}, inside the seed "
-                         f"noise (±{cell['noise']:.1f}); no measurable effect.")
-        else:
-            sign = "higher" if cell["delta"] > 0 else "lower"
-            lines.append(f"- `{variant}` ({what}): {metric} {cell['delta']:+.1f} ({sign} than "
-                         f"`full`, outside the seed noise ±{cell['noise']:.1f}).")
-    return lines
+def _delta(cell: dict, pair: PairedDifference) -> str:
+    """The difference of means, ``*`` when the paired interval excludes 0."""
+    return f"{cell['delta']:+.1f}{' *' if verdict(pair) in (HELPS, HURTS) else ''}"
 
 
 def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
-              reference: str = REFERENCE) -> list[str]:
-    """Why effects do or do not show, judged against the data's attribute oracle (DESIGN.md)."""
+              reference: str = REFERENCE, paired: dict | None = None) -> list[str]:
+    """Why effects do or do not show, judged against the data's attribute oracle (DESIGN.md)
+    and the paired verdicts (``paired``: :func:`paired_comparison`, computed when None)."""
     if reference not in table:
         return []
     r1 = table[reference]["R1"]["mean"]
@@ -127,25 +146,43 @@ def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
         lines.append(f"- `{reference}` reaches test R1 {r1:.1f}: {100 * share:.0f} % of the way from "
                      f"the type-and-colour oracle ({glob:.1f}) to the all-attributes oracle "
                      f"({full:.1f}), the room that part perception can win.")
-    if any(d["R1"]["single_seed"] for d in deltas.values()):
+    paired = paired_comparison(table, reference) if paired is None else paired
+    words = {v: verdict(cells[VERDICT_METRIC]) for v, cells in paired.items()
+             if verdict(cells[VERDICT_METRIC]) != NO_PAIR}    # not compared: said per variant
+    if (any(d["R1"]["single_seed"] for d in deltas.values())
+            or any(w == SINGLE for w in words.values())):
         lines.append("- With a single seed, no difference here can be told from seed noise: "
                      "train two or more seeds (`report.seeds`) before reading an effect into it.")
-    elif deltas and all(d["R1"]["within_noise"] for d in deltas.values()):
-        lines.append("- No variant differs from `full` by more than the seed noise in R1.")
+    elif words and all(w == UNCLEAR for w in words.values()):
+        effect = design_mde([cells[VERDICT_METRIC] for cells in paired.values()])
+        lines.append("- No variant differs from `full` in R1 beyond the seed noise: every paired "
+                     "95 % interval includes 0. A true effect below the minimal detectable effect "
+                     f"({effect['value']:.1f} points at {100 * effect['power']:.0f} % power) would "
+                     "most likely look like this too, so this is no evidence that the components "
+                     "do nothing.")
+    elif words:
+        told = [f"`{v}` ({w})" for v, w in words.items() if w in (HELPS, HURTS)]
+        rest = "; every other variant cannot be told apart" if len(told) < len(words) else ""
+        lines.append(f"- Told apart from `full` in R1 (paired 95 % interval excludes 0): "
+                     f"{', '.join(told)}{rest}.")
     return lines
 
 
 def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
                       setup: list[str], final_table: dict | None = None,
-                      findings: list[str] = ()) -> str:
-    """The whole reports/ablation.md text."""
+                      findings: list[str] = (), paired: dict | None = None,
+                      effects: dict | None = None) -> str:
+    """The whole reports/ablation.md text (``paired`` / ``effects``: :func:`paired_comparison`
+    and :func:`detectable_effects` of ``table``, computed when None)."""
+    paired = paired_comparison(table) if paired is None else paired
+    effects = detectable_effects(paired) if effects is None else effects
     head = "| variant | what | " + " | ".join(METRICS) + " | ΔR1 vs full | ΔmAP vs full |"
     rule = "|---" * (len(METRICS) + 4) + "|"
     rows = []
     for variant, metrics in table.items():
         d = deltas.get(variant)
-        dr1 = "—" if d is None else _delta(d["R1"])
-        dmap = "—" if d is None else _delta(d["mAP"])
+        dr1 = "—" if d is None else _delta(d["R1"], paired[variant]["R1"])
+        dmap = "—" if d is None else _delta(d["mAP"], paired[variant]["mAP"])
         rows.append(f"| `{variant}` | {descriptions.get(variant, '')} | "
                     + " | ".join(_fmt(metrics[m]) for m in METRICS) + f" | {dr1} | {dmap} |")
     if any(single_seed(c) for cells in table.values() for c in cells.values()):
@@ -154,15 +191,17 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
                "seed can show a difference, never a significance. List two or more seeds (e.g. "
                "`report.seeds=[0, 1, 2]`) to measure it.")
     else:
-        how = ("Mean ± standard deviation over seeds, in percent. `*` marks a delta to `full` "
-               "outside the seed noise (|Δ| > 2·SE of the difference of means).")
+        how = ("Mean ± standard deviation over seeds, in percent; Δ is the difference of the "
+               "means. `*` marks a delta to `full` whose paired 95 % interval over seeds excludes "
+               "0 (next section).")
     parts = ["# PFCVR ablation study", "",
              "Text-to-image retrieval on the test split (identities never seen in training or model "
              "selection); the checkpoint of each run is the epoch with the best validation "
              f"Rank-1. {how}", "",
              "## Setup", "", *setup, "",
              "## Results (best-on-val checkpoint)", "", head, rule, *rows, "",
-             "## What each component does here", "", *verdicts(deltas, descriptions), ""]
+             *paired_section(paired, effects),
+             "## What each component does here", "", *verdicts(paired, descriptions), ""]
     if findings:
         parts += ["## Reading the numbers", "", *findings, ""]
     if final_table:
@@ -177,15 +216,31 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
     return "\n".join(parts)
 
 
-def ablation_json(table: dict, deltas: dict) -> dict[str, Any]:
-    """DVC metrics: ``{variant: {metric: {"mean", "std", "runs", "single_seed",
-    "delta_vs_full"?, "within_noise"?}}}``. With a single run ``std`` and ``within_noise`` are
-    null (unknown), not 0 and a verdict."""
-    out = {}
+RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde")   # top-level JSON keys next to the variants
+
+
+def ablation_json(table: dict, deltas: dict, paired: dict | None = None,
+                  effects: dict | None = None) -> dict[str, Any]:
+    """DVC metrics. ``{variant: {metric: {"mean", "std", "runs", "single_seed",
+    "delta_vs_full"?, "within_noise"?}}}`` (with a single run ``std`` and ``within_noise`` are
+    null, unknown, not 0 and a verdict; ``within_noise``: the unpaired band), then
+    ``paired``: ``{"reference", "confidence", "interval", "variants": {variant: {"verdict",
+    "only_variant", "only_reference", "metrics": {metric: {"n", "seeds", "differences", "mean",
+    "sd", "ci_low", "ci_high"}}}}}``, ``mde_R1`` (points, null with a single seed) and ``mde``
+    (how it was computed, and the MDE of every metric under ``by_metric``).
+
+    Raises ValueError when a variant is named like one of the top-level keys (RESERVED).
+    """
+    clash = [v for v in table if v in RESERVED]
+    if clash:
+        raise ValueError(f"variant name(s) {clash} clash with the report's keys {RESERVED}")
+    paired = paired_comparison(table) if paired is None else paired
+    effects = detectable_effects(paired) if effects is None else effects
+    out: dict[str, Any] = {}
     for variant, metrics in table.items():
         out[variant] = {}
         for m, cell in metrics.items():
-            entry = dict(cell)
+            entry = {k: cell[k] for k in ("mean", "std", "runs")}
             entry["single_seed"] = single_seed(cell)
             if entry["single_seed"]:
                 entry["std"] = None
@@ -193,6 +248,23 @@ def ablation_json(table: dict, deltas: dict) -> dict[str, Any]:
                 entry["delta_vs_full"] = deltas[variant][m]["delta"]
                 entry["within_noise"] = deltas[variant][m]["within_noise"]
             out[variant][m] = entry
+    out["paired"] = {
+        "reference": REFERENCE, "confidence": 1 - ALPHA, "verdict_metric": VERDICT_METRIC,
+        "interval": "mean of variant-minus-reference differences over the seeds both ran, "
+                    "two-sided Student t, n - 1 degrees of freedom",
+        "variants": {v: {"verdict": verdict(cells[VERDICT_METRIC]),
+                         "only_variant": cells[VERDICT_METRIC].only_variant,
+                         "only_reference": cells[VERDICT_METRIC].only_reference,
+                         "metrics": {m: p.as_dict() for m, p in cells.items()}}
+                     for v, cells in paired.items()}}
+    effect = effects[VERDICT_METRIC]
+    out[f"mde_{VERDICT_METRIC}"] = effect["value"]
+    out["mde"] = {"metric": VERDICT_METRIC, **effect, "sides": 2,
+                  "method": "exact: noncentral t power of the paired t test (scipy.stats.nct); "
+                            "approx: (t_{1-alpha/2,n-1} + t_{power,n-1}) * sd / sqrt(n)",
+                  "sd_source": "paired differences to the reference, pooled over the variants",
+                  "n_source": "smallest number of paired seeds among the variants",
+                  "by_metric": {m: e["value"] for m, e in effects.items()}}
     return out
 
 
@@ -226,9 +298,10 @@ def setup_lines(params, data_stats: dict) -> list[str]:
 class AblationReport:
     """The ablation study of every variant of ``ablations``.
 
-    table / final: ``{variant: {metric: {"mean", "std", "runs"}}}`` of the best-on-val and the
-    last-epoch checkpoints; deltas: :func:`compare` of ``table``; markdown: reports/ablation.md;
-    document: reports/ablation.json (:func:`ablation_json`).
+    table / final: ``{variant: {metric: {"mean", "std", "runs", "seeds"}}}`` of the best-on-val
+    and the last-epoch checkpoints; deltas: :func:`compare` of ``table``; markdown:
+    reports/ablation.md; document: reports/ablation.json (:func:`ablation_json`); paired:
+    :func:`paired_comparison` of ``table``; effects: :func:`detectable_effects` of ``paired``.
     """
 
     table: dict
@@ -236,15 +309,36 @@ class AblationReport:
     deltas: dict
     markdown: str
     document: dict
+    paired: dict
+    effects: dict
 
     def mlflow_metrics(self) -> dict[str, float]:
-        """``<variant>/<metric>`` = the best-checkpoint mean over seeds."""
-        return {f"{v}/{m}": cells[m]["mean"] for v, cells in self.table.items() for m in METRICS}
+        """``<variant>/<metric>`` = the best-checkpoint mean over seeds; ``<variant>/paired_dR1``
+        = the mean paired R1 difference to `full`; ``mde_R1`` when defined."""
+        out = {f"{v}/{m}": cells[m]["mean"] for v, cells in self.table.items() for m in METRICS}
+        out.update({f"{v}/paired_d{VERDICT_METRIC}": cells[VERDICT_METRIC].mean
+                    for v, cells in self.paired.items() if cells[VERDICT_METRIC].mean is not None})
+        if self.effects[VERDICT_METRIC]["value"] is not None:
+            out[f"mde_{VERDICT_METRIC}"] = self.effects[VERDICT_METRIC]["value"]
+        return out
+
+    @property
+    def figure_data(self) -> dict:
+        """``{variant: {metric: {"n", "seeds", "differences", "mean", "sd", "ci_low",
+        "ci_high"}}}`` for :func:`pfcvr.viz.ablation_figure`."""
+        return {v: {m: p.as_dict() for m, p in cells.items()} for v, cells in self.paired.items()}
+
+    @property
+    def mde_values(self) -> dict[str, float | None]:
+        """``{metric: minimal detectable effect}`` (None with a single seed)."""
+        return {m: e["value"] for m, e in self.effects.items()}
 
     def results_section(self) -> str:
-        """The markdown from the results table up to the per-component verdicts (for the log)."""
-        return self.markdown.split("## What each component")[0].split(
-            "## Results (best-on-val checkpoint)")[-1]
+        """The markdown of the results table, the paired differences with the minimal
+        detectable effect, and the per-component verdicts (for the log)."""
+        body = self.markdown.split("## Results (best-on-val checkpoint)")[-1]
+        return body.split("## Reading the numbers")[0].split("## Final-epoch")[0].split(
+            "## Published numbers")[0]
 
 
 def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path) -> AblationReport:
@@ -262,7 +356,10 @@ def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path) -> 
     table = collect(variants, metrics_dir, "best")
     final = collect(variants, metrics_dir, "final")
     deltas = compare(table)
+    paired = paired_comparison(table)
+    effects = detectable_effects(paired)
     stats = read_json(data_stats) if Path(data_stats).is_file() else {}
     md = ablation_markdown(table, deltas, descriptions, setup_lines(params, stats), final,
-                           diagnosis(table, deltas, stats))
-    return AblationReport(table, final, deltas, md, ablation_json(table, deltas))
+                           diagnosis(table, deltas, stats, paired=paired), paired, effects)
+    return AblationReport(table, final, deltas, md, ablation_json(table, deltas, paired, effects),
+                          paired, effects)

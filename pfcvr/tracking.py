@@ -1,13 +1,17 @@
-"""The MLflow facade: the only module of the project that imports mlflow.
+"""The MLflow facade: the only place (with its pfcvr/tracking_*.py parts) that imports mlflow.
 
-Conventions (DESIGN.md):
-- store ``sqlite:///<repo root>/mlflow.db``; the repo root is ``DVC_ROOT`` when DVC runs the stage
-  (queued experiments then land in the same store), else the git top level; ``MLFLOW_TRACKING_URI``
-  overrides the store;
-- experiment ``pfcvr`` (``MLFLOW_EXPERIMENT_NAME`` overrides);
+Conventions (DESIGN.md; where and how: pfcvr.tracking_client):
+- store ``sqlite:///<repo root>/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides), experiment
+  ``pfcvr`` (``MLFLOW_EXPERIMENT_NAME`` overrides);
 - one parent run per DVC experiment (``DVC_EXP_NAME``, or ``workspace``), found by tag;
 - one nested run per stage and variant (``prepare``, ``train@full``, ``evaluate@no_part``, ...),
   with every parameter flattened to dotted keys and tags for git commit, variant and seed.
+
+What the UI shows is the ablation (pfcvr.tracking_views): the experiment is marked as model
+training and carries the shared view ``ablation`` (the ``evaluate@`` runs with R1 / mAP / mINP
+columns) and, like each parent run, the latest ablation table as its description;
+``python -m pfcvr.tracking --ui-urls URL`` prints the pages to open. Each variant's best model is
+a registered pyfunc (:meth:`StageRun.log_model`, pfcvr.tracking_model).
 
 What the store shows stays true when several processes share it or get killed:
 - creating the store, the experiment and the parent run happens under one file lock, and a new
@@ -23,177 +27,37 @@ What the store shows stays true when several processes share it or get killed:
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
-import os
-import re
-import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-import mlflow  # noqa: E402,F401
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from pfcvr.config import Params, flatten  # noqa: E402
-from pfcvr.tracking_state import (KIND_TAG, OWNER_TAG, PARENT_TAG, Outbox,  # noqa: E402
-                                  Terminated, close_stale, note, now_ms, one_line,
-                                  owner_token, quiet, settle_parent, sigterm_raises, status_of)
-from pfcvr.tracking_store import (ARTIFACTS, TrackingError, check_folder,  # noqa: E402
-                                  ensure_store, inspect_store, repair_artifact_locations,
-                                  sqlite_path, store_lock)
+from pfcvr import tracking_views as views
+from pfcvr.config import Params, flatten
+from pfcvr.tracking_client import (EXPERIMENT, check_tracking, client, dvc_experiment,
+                                   experiment_id, experiment_name, git_commit, parent_run_id,
+                                   repo_root, tracking_uri, unavailable)
+from pfcvr.tracking_state import (KIND_TAG, OWNER_TAG, PARENT_TAG, Outbox, Terminated,
+                                  close_stale, note, now_ms, one_line, owner_token, quiet,
+                                  settle_parent, sigterm_raises, status_of)
+from pfcvr.tracking_store import TrackingError, store_lock
 
 __all__ = ["TrackingError", "StageRun", "stage_run", "stage_runs", "check_tracking",
-           "settle_experiment", "tracking_uri", "experiment_name", "dvc_experiment", "repo_root"]
+           "settle_experiment", "ui_urls", "tracking_uri", "experiment_name", "dvc_experiment",
+           "repo_root", "EXPERIMENT", "PARENT_TAG", "KIND_TAG", "OWNER_TAG"]
 
-EXPERIMENT = "pfcvr"
 _PARAM_VALUE_MAX = 6000
 _BATCH = 900                         # MLflow accepts at most 1000 metrics per batch
-
-
-def repo_root() -> Path:
-    """The repository root: DVC_ROOT, else the git top level, else the working directory."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        if top:
-            return Path(top)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return Path.cwd().resolve()
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
-
-
-def dvc_experiment() -> str:
-    return os.environ.get("DVC_EXP_NAME") or "workspace"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True, cwd=repo_root()).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _build_store(path: Path) -> None:
-    """A complete, empty MLflow store at ``path`` (artifacts go to mlartifacts/ beside it)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    uri = f"sqlite:///{path}"
-    store = SqlAlchemyStore(uri, (path.parent / ARTIFACTS).as_uri())
-    store.engine.dispose()          # no connection may outlive the rename
-    getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
-
-
-def _reconnect(uri: str) -> None:
-    """Drop this process's pooled connections to ``uri`` (they point at a replaced file)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
-    if engine is not None:
-        engine.dispose()
-
-
-def _client() -> MlflowClient:
-    """A client for the configured store, created (once, under the lock) if missing.
-
-    Raises TrackingError (one line naming the store and what to do) when the store cannot be
-    created, read or written.
-    """
-    uri = tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None:
-        check_folder(db)            # before the lock file is created there
-        try:
-            with store_lock(uri), quiet():
-                if ensure_store(db, _build_store):
-                    _reconnect(uri)
-                    note(f"created the store {db}")
-                inspect_store(db)
-                moved = repair_artifact_locations(db)
-        except TrackingError:
-            raise
-        except Exception as err:
-            raise TrackingError(f"tracking store {db} could not be created or opened: "
-                                f"{one_line(err)} (move it away to start a new one, or point "
-                                "MLFLOW_TRACKING_URI elsewhere)") from None
-        if moved:
-            note(moved)
-    elif uri.startswith(("http://", "https://")):
-        # Fail fast instead of MLflow's default minutes of retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        with quiet():
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-    except Exception as err:  # any failure here means the store is unusable
-        raise TrackingError(_explain(uri, db, err)) from None
-    return client
-
-
-def _explain(uri: str, db: Path | None, err: Exception) -> str:
-    """One line: which store failed, why, and what to do."""
-    text = one_line(err)
-    schema = re.search(r"found version (\S+), but expected (\S+?)\)", text)
-    if schema and db is not None:
-        return (f"tracking store {db} has MLflow schema {schema[1]}, this MLflow needs "
-                f"{schema[2]}: back it up (cp {db} {db}.bak) and run `mlflow db upgrade "
-                f"sqlite:///{db}`, or move it away to start a new store")
-    if db is not None:
-        return (f"tracking store {db} cannot be opened: {text} (move it away to start a new "
-                "store, or point MLFLOW_TRACKING_URI elsewhere)")
-    return (f"tracking store {uri} cannot be reached: {text} (start the server or fix "
-            "MLFLOW_TRACKING_URI)")
-
-
-def _experiment_id(client: MlflowClient) -> str:
-    """Get or create the experiment (under the store lock: two processes create one)."""
-    name, uri = experiment_name(), tracking_uri()
-    with store_lock(uri):
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            location = None
-            db = sqlite_path(uri)
-            if db is not None:
-                # Beside the store, not in whatever folder the stage happened to run in.
-                location = (db.parent / ARTIFACTS).as_uri()
-            try:
-                return client.create_experiment(name, artifact_location=location)
-            except Exception:  # created by a process on another machine (server stores)
-                exp = client.get_experiment_by_name(name)
-        if exp.lifecycle_stage != "active":
-            raise TrackingError(f"experiment {name} in {uri} is deleted: restore it (mlflow "
-                                f"experiments restore --experiment-id {exp.experiment_id}) or "
-                                "set MLFLOW_EXPERIMENT_NAME")
-        return exp.experiment_id
-
-
-def _parent_run_id(client: MlflowClient, exp_id: str) -> str:
-    """Get or create the DVC experiment's parent run (under the store lock)."""
-    name = dvc_experiment()
-    with store_lock(tracking_uri()):
-        found = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{name}'",
-                                   max_results=1, order_by=["attributes.start_time DESC"])
-        if found:
-            return found[0].info.run_id
-        run = client.create_run(exp_id, run_name=name, tags={
-            PARENT_TAG: name, KIND_TAG: "parent", "git_commit": git_commit()})
-        return run.info.run_id
+# The names the tests and older callers use for the store helpers of pfcvr.tracking_client.
+_client, _experiment_id, _parent_run_id = client, experiment_id, parent_run_id
+# ``outcome`` of :meth:`StageRun.child`: the exception that ended the block (None: it ended
+# normally) -> (status, or None for the default; tags to set on the run).
+Outcome = Callable[[BaseException | None], tuple[str | None, dict[str, Any]]]
 
 
 def _as_param(value: Any) -> str:
@@ -261,9 +125,15 @@ class StageRun:
 
     @contextlib.contextmanager
     def child(self, name: str, params: dict[str, Any] | None = None,
-              tags: dict[str, Any] | None = None) -> Iterator["StageRun"]:
+              tags: dict[str, Any] | None = None,
+              outcome: Outcome | None = None) -> Iterator["StageRun"]:
         """A run nested under this one (e.g. one Optuna trial under ``tune``); it ends FINISHED,
-        KILLED (SIGTERM, Ctrl-C) or FAILED (the exception propagates)."""
+        KILLED (SIGTERM, Ctrl-C) or FAILED (the exception propagates).
+
+        ``outcome(err)`` (``err`` None when the block ended normally) may choose another status
+        and tags: a pruned Optuna trial ends FINISHED with tag ``optuna.state=PRUNED``, not
+        FAILED (pfcvr.tuning). The exception propagates whatever the status.
+        """
         if not self.enabled:
             yield StageRun(None, None, None)
             return
@@ -278,78 +148,73 @@ class StageRun:
 
         self._s.call(f"open run {name}", create)
         handle.log_params(params or {})
-        status = "FINISHED"
+        ended: BaseException | None = None
         try:
             yield handle
         except BaseException as err:
-            status = status_of(err)
+            ended = err
             raise
         finally:
-            handle._end(status)
+            status, extra = (outcome(ended) if outcome else None) or (None, {})
+            handle.set_tags(extra)
+            handle._end(status or ("FINISHED" if ended is None else status_of(ended)))
+
+    def log_model(self, folder: str | Path, registered: str, *,
+                  metadata: dict[str, Any] | None = None, description: str = "") -> None:
+        """Log the model folder ``folder`` (what :func:`pfcvr.load` restores) as this run's
+        logged model ``model``, a pyfunc that embeds captions and images, and register it as a
+        new version of ``registered`` (``models:/<registered>/latest``); pfcvr.tracking_model
+        has the input/output contract. Like every call here it never raises: a failure is one
+        warning (the stage's own files keep the model)."""
+        if not self.enabled:
+            return
+
+        def log() -> None:
+            from pfcvr.tracking_model import log_embedding_model
+
+            version = log_embedding_model(self.client, self._s.exp_id, self.run_id, folder,
+                                          registered, metadata, description)
+            note(f"model {folder} registered as models:/{registered}/{version.version}")
+
+        self._s.call(f"log model {registered}", log)
 
     def log_to_parent(self, metrics: dict[str, float] | None = None,
                       artifacts: list[str | Path] = (), tags: dict[str, Any] | None = None) -> None:
-        """Attach results to the experiment's parent run (used by the report stage)."""
+        """Attach results to the experiment's parent run (used by the report stage). A
+        description (tag ``mlflow.note.content``, the ablation table) becomes the experiment's
+        description as well, with the DVC experiment it came from (pfcvr.tracking_views)."""
         if not self.enabled:
             return
+        tags = dict(tags or {})
+        note_text = tags.get(views.NOTE_TAG)
+        if note_text is not None:
+            tags[views.NOTE_TAG] = views.fit_note(str(note_text))
         parent = StageRun(self._s, self.parent_id, None)
         parent.log_metrics(metrics or {})
-        parent.set_tags(tags or {})
+        parent.set_tags(tags)
         for a in artifacts:
             parent.log_artifact(a)
-
-
-def check_tracking(required: bool) -> bool:
-    """Check at start-up that the store is usable. Raises TrackingError when required, else
-    warns. Returns whether tracking is enabled."""
-    try:
-        _client()
-        return True
-    except TrackingError as err:
-        return _unavailable(err, required)
-
-
-def _unavailable(err: TrackingError, required: bool) -> bool:
-    if required:
-        _one_line_if_uncaught()
-        raise TrackingError(f"{err} (or set tracking.required: false to run without "
-                            "tracking)") from None
-    warnings.warn(f"{err}; going on without MLflow tracking (tracking.required is false)",
-                  stacklevel=4)
-    return False
-
-
-def _one_line_if_uncaught() -> None:
-    """Make an uncaught TrackingError print as its one-line message, not a traceback."""
-    previous = sys.excepthook
-    if getattr(previous, "_pfcvr", False):
-        return
-
-    def hook(kind, value, tb):
-        if issubclass(kind, TrackingError):
-            print(f"TrackingError: {value}", file=sys.stderr)
-        else:
-            previous(kind, value, tb)
-
-    hook._pfcvr = True
-    sys.excepthook = hook
+        if note_text is not None:
+            text = views.experiment_note(str(note_text), dvc_experiment(), git_commit())
+            self._s.call("describe the experiment", lambda: self.client.set_experiment_tag(
+                self._s.exp_id, views.NOTE_TAG, text))
 
 
 def _open(name: str, stage: str, variant: str | None, tags: dict[str, Any] | None) -> StageRun:
     """Create the store, experiment and parent if missing, close stale runs, open ``name``."""
-    client = _client()
+    mc = _client()
     uri = tracking_uri()
     try:
         with store_lock(uri), quiet():
-            exp_id = _experiment_id(client)
-            parent_id = _parent_run_id(client, exp_id)
-            closed = close_stale(client, exp_id, dvc_experiment(), name)
-            run = client.create_run(exp_id, run_name=name, tags={
+            exp_id = _experiment_id(mc)
+            parent_id = _parent_run_id(mc, exp_id)
+            closed = close_stale(mc, exp_id, dvc_experiment(), name)
+            run = mc.create_run(exp_id, run_name=name, tags={
                 "mlflow.parentRunId": parent_id, KIND_TAG: "stage", "stage": stage,
                 "variant": variant or "", "git_commit": git_commit(),
                 PARENT_TAG + ".name": dvc_experiment(), OWNER_TAG: owner_token(),
                 **{k: str(v) for k, v in (tags or {}).items()}})
-            settle_parent(client, exp_id, parent_id)
+            settle_parent(mc, exp_id, parent_id)
     except TrackingError:
         raise
     except Exception as err:
@@ -357,7 +222,7 @@ def _open(name: str, stage: str, variant: str | None, tags: dict[str, Any] | Non
     if closed:
         note(f"closed {len(closed)} stale RUNNING run(s) of experiment {dvc_experiment()} as "
               f"KILLED (their process is gone): {', '.join(sorted(closed))}")
-    return StageRun(Outbox(client, uri, exp_id), run.info.run_id, parent_id)
+    return StageRun(Outbox(mc, uri, exp_id), run.info.run_id, parent_id)
 
 
 def _close(handle: StageRun, status: str) -> None:
@@ -400,7 +265,7 @@ def stage_run(stage: str, params: Params | None = None, *, variant: str | None =
             handle = _open(name, stage, variant, tags)
         except TrackingError as err:
             handle = None
-            _unavailable(err, required)
+            unavailable(err, required)
         if handle is None:   # outside the except: the body's errors must not chain to it
             yield StageRun(None, None, None)
             return
@@ -424,24 +289,24 @@ def stage_run(stage: str, params: Params | None = None, *, variant: str | None =
 def settle_experiment() -> dict[str, str]:
     """Close stale runs and settle the parent of every DVC experiment in the store; returns
     ``{DVC experiment: parent status}`` (``python -m pfcvr.tracking --settle``)."""
-    client = _client()
-    exp_id = _experiment_id(client)
+    mc = _client()
+    exp_id = _experiment_id(mc)
     out = {}
-    for p in client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'parent'",
+    for p in mc.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'parent'",
                                 max_results=1000):
         name = p.data.tags.get(PARENT_TAG, "")
         with store_lock(tracking_uri()):
-            close_stale(client, exp_id, name)
-            out[name] = settle_parent(client, exp_id, p.info.run_id)
+            close_stale(mc, exp_id, name)
+            out[name] = settle_parent(mc, exp_id, p.info.run_id)
     return out
 
 
 def stage_runs(stage_prefix: str | None = None) -> list[dict[str, Any]]:
     """Nested runs of the current DVC experiment's parent, newest first (for reports and tests)."""
-    client = _client()
-    exp_id = _experiment_id(client)
-    parent_id = _parent_run_id(client, exp_id)
-    runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    mc = _client()
+    exp_id = _experiment_id(mc)
+    parent_id = _parent_run_id(mc, exp_id)
+    runs = mc.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
     out = []
     for r in runs:
@@ -454,9 +319,52 @@ def stage_runs(stage_prefix: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
-if __name__ == "__main__":  # `python -m pfcvr.tracking [--settle]` prints where runs go
-    print(f"tracking URI: {tracking_uri()}\nexperiment:   {experiment_name()}\n"
-          f"parent run:   {dvc_experiment()}", file=sys.stdout)
-    if "--settle" in sys.argv[1:]:
-        for exp, status in settle_experiment().items():
-            print(f"parent run {exp}: {status}")
+def ui_urls(base: str) -> dict[str, Any]:
+    """The pages ``make ui`` prints for a UI served at ``base`` (e.g. http://127.0.0.1:5000).
+
+    Returns ``{"runs": the experiment's runs page in the training view with the ablation view,
+    "compare": the compare page of the latest DVC experiment's evaluate@ runs (None when there
+    is none), "experiment": that DVC experiment, "variants": their run names}``. Writes the
+    experiment's kind and view tags when an older store lacks them. Raises TrackingError.
+    """
+    mc = _client()
+    exp_id = _experiment_id(mc)
+    runs = views.latest_variant_runs(mc, exp_id)
+    return {"runs": views.runs_url(base, exp_id),
+            "compare": views.compare_url(base, exp_id, [r.info.run_id for r in runs])
+            if runs else None,
+            "experiment": runs[0].data.tags.get(PARENT_TAG + ".name", "") if runs else "",
+            "variants": [r.info.run_name for r in runs]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pfcvr.tracking [--settle] [--ui-urls URL]``: where runs go; close stale runs
+    and settle the parents; the UI pages to open (``make ui``)."""
+    ap = argparse.ArgumentParser(prog="python -m pfcvr.tracking", description=main.__doc__)
+    ap.add_argument("--settle", action="store_true")
+    ap.add_argument("--ui-urls", metavar="URL", help="base URL of the MLflow UI")
+    args = ap.parse_args(argv)
+    try:
+        if args.ui_urls:
+            urls = ui_urls(args.ui_urls)
+            print(f"MLflow UI: {args.ui_urls}\n  ablation runs (R1, mAP, mINP columns):\n    "
+                  f"{urls['runs']}")
+            if urls["compare"]:
+                print(f"  compare the variants of DVC experiment {urls['experiment']} "
+                      f"({', '.join(urls['variants'])}):\n    {urls['compare']}")
+            else:
+                print("  no finished evaluate@ run yet: run `make repro` (or `dvc repro`)")
+            return 0
+        print(f"tracking URI: {tracking_uri()}\nexperiment:   {experiment_name()}\n"
+              f"parent run:   {dvc_experiment()}")
+        if args.settle:
+            for exp, status in settle_experiment().items():
+                print(f"parent run {exp}: {status}")
+    except TrackingError as err:
+        print(f"TrackingError: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,18 +63,22 @@ def redact(url: str) -> str:
 def study_name(params: Params, inputs: str = "") -> str:
     """``pfcvr-tune-<hash>`` of what decides a trial's result besides its point of the space: the
     params less the searched keys and less those that do not change training (logs, reports,
-    other stages: ``pfcvr.engine.fingerprint.COSMETIC``), plus `tune.space`, `tune.epochs` and
-    ``inputs`` (data, backbone and code: ``pfcvr.engine.seeds.inputs_key``)."""
-    space = params.tune.space
-    digest = F.digest(F.params_key(params, exclude=tuple(space)), space, params.tune.epochs,
+    other stages: ``pfcvr.engine.fingerprint.COSMETIC``), plus `tune.space` (its ranges by dotted
+    name: a tree and the same ranges written as the dotted keys of older params.yaml files name
+    one study), `tune.epochs` and ``inputs`` (data, backbone and code:
+    ``pfcvr.engine.seeds.inputs_key``)."""
+    ranges = params.tune.ranges
+    digest = F.digest(F.params_key(params, exclude=tuple(ranges)), ranges, params.tune.epochs,
                       inputs)
     return f"pfcvr-tune-{digest[:10]}"
 
 
-def suggest(trial: optuna.Trial, space: dict[str, list[float]], base: Params) -> dict[str, Any]:
-    """Draw one point of the space; integers stay integers."""
+def suggest(trial: optuna.Trial, ranges: dict[str, list[float]], base: Params) -> dict[str, Any]:
+    """Draw one point of the space (``ranges``: `TuneConfig.ranges`, ``{dotted name: [low,
+    high]}``); integers stay integers. The Optuna params are named by the dotted names, which
+    are ordinary `dvc exp run -S` keys for the drawn values."""
     point = {}
-    for key, (low, high) in space.items():
+    for key, (low, high) in ranges.items():
         if isinstance(get_dotted(base, key), int):
             point[key] = trial.suggest_int(key, int(low), int(high))
         else:
@@ -161,10 +165,10 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
             study.stop()
 
     def run_trial(trial: optuna.Trial, point: dict[str, Any]) -> float:
-        point.update(suggest(trial, cfg.space, params))
+        point.update(suggest(trial, cfg.ranges, params))
         tp = trial_params(raw, point, cfg.epochs)
         child = run.child(f"trial {trial.number}", params={**point, "trial": trial.number},
-                          tags={"optuna.study": study.study_name}) if run \
+                          tags={"optuna.study": study.study_name}, outcome=trial_outcome) if run \
             else contextlib.nullcontext()
         with child as trial_run:
             def on_epoch(row: dict) -> None:
@@ -206,6 +210,17 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
         raise TuneError(f"no trial completed within tune.timeout={cfg.timeout:g} s{last}; "
                         f"raise tune.timeout or fix the failing trials and rerun; {kept}")
     return study
+
+
+def trial_outcome(err: BaseException | None) -> tuple[str | None, dict[str, str]]:
+    """The MLflow status and tags of a trial's run (StageRun.child ``outcome``): a pruned trial
+    ran as asked and ends FINISHED, not FAILED; tag ``optuna.state`` says COMPLETE, PRUNED or
+    FAIL (a killed trial keeps the default KILLED status)."""
+    if err is None:
+        return "FINISHED", {"optuna.state": "COMPLETE"}
+    if isinstance(err, optuna.TrialPruned):
+        return "FINISHED", {"optuna.state": "PRUNED"}
+    return None, {"optuna.state": "FAIL"}
 
 
 def _scratch(root: Path) -> Path:

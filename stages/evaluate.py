@@ -5,7 +5,9 @@
 Reads models/<variant>/seed<k>/{best,final}/ for every k of report.seeds, data/prepared and
 data/parts/parts.json; writes reports/metrics/<variant>.json (DVC metrics), reports/eval/<variant>/
 {cmc.tsv, model_card.md} and reports/figures/{cmc,topk}_<variant>.png; logs them to the nested
-MLflow run `evaluate@<variant>`. The work is pfcvr.engine.evaluate_variant.
+MLflow run `evaluate@<variant>` (R1 ... mINP under the same names for every variant) with the
+best checkpoint of seed report.seeds[0] as a registered pyfunc model `pfcvr-<variant>`. The work
+is pfcvr.engine.evaluate_variant.
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         for m in result.models:
             run.log_artifact(m.folder / "config.json", f"models/{m.label}")
         run.set_tags({"mlflow.note.content": card})
+        pub = result.published_model()   # seeds[0], best on val: `models:/pfcvr-<variant>/latest`
+        run.log_model(pub.folder, f"pfcvr-{v}", metadata={"variant": v, "seed": pub.seed,
+                      "checkpoint": pub.checkpoint}, description=f"{v}, {pub.label}: {pub.folder}")
     b = result.summary()["best"]
     print(f"evaluate@{v}: best R1 {mean_std(b['R1'])}, mAP {mean_std(b['mAP'])} over seeds "
           f"{plan.seeds} -> {out_json}")

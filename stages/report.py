@@ -1,4 +1,4 @@
-"""DVC stage `report`: the ablation table, deltas and figure; published to the MLflow parent run.
+"""DVC stage `report`: ablation table, paired intervals, verdicts, figure; published to MLflow.
 
 Reads reports/metrics/<variant>.json for every variant of `ablations` and reports/data/stats.json;
 writes reports/ablation.md, reports/ablation.json (DVC metrics) and reports/figures/ablation.png.
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         report = ablation_report(params, args.metrics, args.data_stats)
         write_text(args.out_md, report.markdown)
         write_json(args.out_json, report.document)
-        viz.ablation_figure(report.table, args.figure)
+        viz.ablation_figure(report.figure_data, args.figure, mde=report.mde_values)
         metrics = report.mlflow_metrics()
         run.log_metrics(metrics)
         for path in outputs:

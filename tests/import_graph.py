@@ -1,115 +1,114 @@
-"""The static import graph of the project's own modules (pfcvr/, stages/), read with ast.
+"""The static import graph of the project's own modules, read with ast (no import is run).
 
-Every ``import`` and ``from ... import`` counts, the ones inside functions included (a lazy import
-still runs when its function does), and importing ``a.b.c`` also runs ``a/__init__.py`` and
-``a/b/__init__.py``. Used by the DVC-dependency test and the import-cycle test.
+Every ``import`` / ``from`` counts, the ones inside functions included (a lazy import still runs
+when its function does), and importing ``a.b.c`` runs the ``__init__`` of ``a`` and ``a.b``
+first. Used by tests/test_imports.py (no cycles) and tests/test_dvc_deps.py (every file a stage
+imports is a dvc.yaml dep of it).
 """
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pfcvr", "stages")
+PACKAGE = "pfcvr"
+PACKAGES = ("pfcvr", "stages")          # the project's own code: what a stage can import
 
 
-def module_file(name: str) -> Path | None:
-    """``pfcvr.data.dataset`` -> its file under ROOT (module or package), None if not ours."""
-    if name.split(".")[0] not in PACKAGES:
+def module_names(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
+    """``{dotted name: file}`` of every module of ``package`` (a package by its __init__)."""
+    out = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` -> [a, a.b]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def imports_in(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """Modules of ``known`` that module ``name`` imports, anywhere in ``source``.
+
+    Edges: each module an import names (``import a.b``; ``from a import b`` when ``a.b`` is a
+    module), the package of a ``from pkg import attribute`` (its attributes are read at import
+    time), and the packages above a named module whose ``__init__`` runs first. A package that
+    contains ``name`` is no such implicit edge: Python is already importing it when ``name`` runs.
+    """
+    package = name if is_package else name.rpartition(".")[0]
+    mine = set(_ancestors(name))
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from ..y import z
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            subs = [f"{base}.{a.name}" for a in node.names]
+            targets = [s for s in subs if s in known]
+            if len(targets) < len(subs):         # some names are attributes of base
+                targets.append(base)
+        else:
+            continue
+        for target in targets:
+            if target in known:
+                found.add(target)
+            found.update(p for p in _ancestors(target) if p in known and p not in mine)
+    found.discard(name)
+    return found
+
+
+def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
+    """``{module: {pfcvr modules it imports}}`` for every module of ``package``."""
+    files = module_names(root, package)
+    known = set(files)
+    return {name: imports_in(path.read_text(), name, path.name == "__init__.py", known)
+            for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]`` (depth-first, in sorted order), or None."""
+    state: dict[str, str] = {}          # "open" while on the stack, "done" after
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
         return None
-    base = ROOT.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
     return None
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
-
-
-def _with_parents(name: str) -> list[str]:
-    """``a.b.c`` -> [a, a.b, a.b.c]: importing a submodule runs its packages' __init__ first."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-@lru_cache(maxsize=None)
-def direct_imports(path: Path) -> frozenset[str]:
-    """Names of the project modules ``path`` imports directly (anywhere in the file)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:                       # relative import
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            names = [mod]
-            # `from pkg import sub` may import a submodule
-            names += [f"{mod}.{a.name}" for a in node.names]
-        for name in names:
-            for candidate in _with_parents(name):
-                if module_file(candidate) is not None:
-                    found.add(candidate)
-    found.discard(module_name(path))
-    return frozenset(found)
-
-
-def transitive_files(module: str) -> set[Path]:
-    """Every project file that running ``python -m <module>`` can import (itself included)."""
-    todo = [m for m in _with_parents(module) if module_file(m) is not None]
+def transitive_files(module: str, root: Path = ROOT) -> set[Path]:
+    """Every project file that ``python -m <module>`` can import, itself and its packages'
+    ``__init__`` files included."""
+    files: dict[str, Path] = {}
+    for package in PACKAGES:
+        files.update(module_names(root, package))
+    known = set(files)
+    todo = [m for m in [*_ancestors(module), module] if m in known]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(direct_imports(module_file(name)))
-    return {module_file(m) for m in seen}
-
-
-def graph(package: str = "pfcvr") -> dict[str, set[str]]:
-    """``{module: {imported project modules}}`` for every module of ``package``."""
-    out = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
-        out[module_name(path)] = {m for m in direct_imports(path) if m.startswith(package)}
-    return out
-
-
-def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as [a, b, ..., a], or None. A package importing its own submodules
-    (``pfcvr/__init__`` -> ``pfcvr.x``) is the normal re-export and is not a cycle by itself."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(edges.get(node, ())):
-            if nxt.startswith(node + "."):        # package -> own submodule
-                continue
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if state.get(nxt) is None:
-                cycle = visit(nxt)
-                if cycle:
-                    return cycle
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(edges):
-        if state.get(node) is None:
-            cycle = visit(node)
-            if cycle:
-                return cycle
-    return None
+        path = files[name]
+        todo.extend(imports_in(path.read_text(), name, path.name == "__init__.py", known))
+        todo.extend(p for p in _ancestors(name) if p in known)
+    return {files[m] for m in seen}

@@ -219,35 +219,89 @@ def test_variant_errors(raw):
 # tune.space
 # ---------------------------------------------------------------------------------------------
 
+def _space_error(raw: dict, space) -> str:
+    bad = copy.deepcopy(raw)
+    bad["tune"]["space"] = space
+    with pytest.raises(ConfigError) as info:
+        parse_params(bad)
+    return str(info.value)
+
+
 def test_tune_space_errors(raw):
     def space_error(space: dict) -> str:
-        bad = copy.deepcopy(raw)
-        bad["tune"]["space"] = space
-        with pytest.raises(ConfigError) as info:
-            parse_params(bad)
-        return str(info.value)
+        return _space_error(raw, space)
 
-    assert space_error({"data.val_fraction": [0.1, 0.2]}) == (
+    assert space_error({"data": {"val_fraction": [0.1, 0.2]}}) == (
         "tune.space.data.val_fraction: only model.* and train.* parameters can be tuned")
-    assert space_error({"train.nope": [0.1, 0.2]}) == "tune.space.train.nope: no such parameter"
-    assert space_error({"train.precision": [0, 1]}) == (
+    assert space_error({"train": {"nope": [0.1, 0.2]}}) == (
+        "tune.space.train.nope: no such parameter")
+    assert space_error({"train": {"precision": [0, 1]}}) == (
         "tune.space.train.precision: train.precision is not numeric and cannot be searched")
-    assert space_error({"train.flip_masks": [0, 1]}) == (
+    assert space_error({"train": {"flip_masks": [0, 1]}}) == (
         "tune.space.train.flip_masks: train.flip_masks is not numeric and cannot be searched")
-    assert space_error({"train.lr": [0.1, 0.01]}) == (
+    assert space_error({"train": {"lr": [0.1, 0.01]}}) == (
         "tune.space.train.lr=[0.1, 0.01]: must be [low, high] with low < high")
-    assert space_error({"train.lr": [0.1]}) == (
+    assert space_error({"train": {"lr": [0.1]}}) == (
         "tune.space.train.lr=[0.1]: must be [low, high] with low < high")
-    assert space_error({"train.mask_ratio": [0.3, 1.5]}) == (
+    assert space_error({"train": {"mask_ratio": [0.3, 1.5]}}) == (
         "tune.space.train.mask_ratio: bound 1.5 is invalid "
         "(train.mask_ratio=1.5: must be in [0.0, 1.0))")
-    assert space_error({"train.mask_ratio": "wide"}) == (
+    assert space_error({"train": {"mask_ratio": "wide"}}) == (
         "tune.space.train.mask_ratio='wide': must be a list")
+
+
+def test_tune_space_is_the_params_tree_with_dotted_names_inside(raw):
+    """params.yaml's space is nested (so each leaf is an ordinary `-S tune.space.<key>` key);
+    the code reads it flat, with the dotted names of the searched params, in the file's order."""
+    p = load_params(PARAMS)
+    assert p.tune.space == {"train": {"weights": {"mlm": [0.0, 1.0], "mim": [0.0, 1.0],
+                                                  "part": [0.0, 1.0]},
+                                      "mask_ratio": [0.3, 0.9], "text_mask_ratio": [0.05, 0.3]}}
+    assert list(p.tune.ranges.items()) == [
+        ("train.weights.mlm", [0.0, 1.0]), ("train.weights.mim", [0.0, 1.0]),
+        ("train.weights.part", [0.0, 1.0]), ("train.mask_ratio", [0.3, 0.9]),
+        ("train.text_mask_ratio", [0.05, 0.3])]
+    tree = copy.deepcopy(raw)
+    tree["tune"]["space"] = {"model": {"part_decoder": {"dropout": [0, 0.3]}},
+                             "train": {"batch_size": [4, 16], "weights": {}}}
+    assert parse_params(tree).tune.ranges == {"model.part_decoder.dropout": [0.0, 0.3],
+                                              "train.batch_size": [4.0, 16.0]}
+    tree["tune"]["space"] = {}
+    assert parse_params(tree).tune.ranges == {}
+
+
+def test_tune_space_tree_errors(raw):
+    assert _space_error(raw, {"train.mask_ratio": [0.3, 0.9]}) == (
+        "tune.space.train.mask_ratio: a dotted key; write tune.space as the params tree, "
+        "`train: {mask_ratio: [low, high]}`, the form that "
+        "`dvc exp run -S tune.space.train.mask_ratio=[low,high]` sets")
+    assert _space_error(raw, {"train": {"weights.mlm": [0, 1]}}) == (
+        "tune.space.train.weights.mlm: a dotted key; write tune.space as the params tree, "
+        "`train: {weights: {mlm: [low, high]}}`, the form that "
+        "`dvc exp run -S tune.space.train.weights.mlm=[low,high]` sets")
+    assert _space_error(raw, {"train": None}) == (
+        "tune.space.train: empty (null); write [low, high] or the searched parameters below "
+        "it, or remove it (-S '~tune.space.train')")
+    assert _space_error(raw, {"train": {"lr": [1e-5, float("nan")]}}) == (
+        "tune.space.train.lr[1]=nan: must be a finite number")
+    assert _space_error(raw, {"train": {"lr": [True, 1]}}) == (
+        "tune.space.train.lr[0]=True: must be a number")
+    assert _space_error(raw, {"train": {"lr": {"low": [0.1, 0.2]}}}) == (
+        "tune.space.train.lr.low: no such parameter")
+    assert _space_error(raw, {"train": {"weights": [0, 1]}}) == (
+        "tune.space.train.weights: train.weights is not numeric and cannot be searched")
+    assert _space_error(raw, {"seed": [0, 10]}) == (
+        "tune.space.seed: only model.* and train.* parameters can be tuned")
+    assert _space_error(raw, {"train": {"batch_size": [0, 16]}}) == (
+        "tune.space.train.batch_size: bound 0 is invalid (train.batch_size=0: must be in "
+        "[2, 65536])")
+    assert _space_error(raw, {"train": {"batch_size": [4, 16.5]}}) == (
+        "tune.space.train.batch_size: bound 16.5 is invalid (train.batch_size is an integer)")
 
 
 def test_tune_space_of_params_yaml_is_valid(raw):
     p = load_params(PARAMS)
-    for key, (lo, hi) in p.tune.space.items():
+    for key, (lo, hi) in p.tune.ranges.items():
         assert lo < hi and isinstance(get_dotted(p, key), (int, float)), key
 
 
@@ -415,7 +469,7 @@ def test_no_string_to_number_coercion(raw):
     assert error_of(raw, {"train.flip_masks": 1}) == "train.flip_masks=1: must be true or false"
     assert error_of(raw, {"train.lr": float("inf")}) == "train.lr=inf: must be in (0.0, 1.0]"
     bad = copy.deepcopy(raw)
-    bad["tune"]["space"] = {"train.lr": [1e-5, "1e-3"]}
+    bad["tune"]["space"] = {"train": {"lr": [1e-5, "1e-3"]}}
     with pytest.raises(ConfigError) as info:
         parse_params(bad)
     assert str(info.value) == "tune.space.train.lr[1]='1e-3': must be a number"

@@ -106,7 +106,7 @@ def test_outputs_exist_and_are_sane(pipeline):
             assert (repo / f"models/{variant}/seed{seed}/final/config.json").is_file()
         assert (repo / f"reports/figures/topk_{variant}.png").is_file()
     ablation = json.loads((repo / "reports/ablation.json").read_text())
-    assert set(ablation) == set(VARIANTS)
+    assert set(ablation) == set(VARIANTS) | {"paired", "mde_R1", "mde"}   # issue 10: mde_R1
     assert "no_part" in (repo / "reports/ablation.md").read_text()
     summary = json.loads((repo / "reports/tune/summary.json").read_text())
     assert summary["n_trials"] >= 2 and summary["command"].startswith("dvc exp run -S")
@@ -211,3 +211,62 @@ def test_dvc_exp_run_set_param(pipeline):
         assert float(params["train.mask_ratio"]) == 0.3
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _parents(db: Path) -> set[str]:
+    """DVC experiments that have a parent run in the store (read with sqlite3)."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return {v for (v,) in con.execute("SELECT value FROM tags WHERE key = 'pfcvr.experiment'")}
+    finally:
+        con.close()
+
+
+def test_mlflow_ui_opens_on_the_ablation(pipeline, tmp_path, monkeypatch):
+    """Issue 15, in headless Chromium with the network cut off, over the real pipeline's store:
+    the printed runs page opens on the variant runs with R1 ... mINP columns, every parent run
+    (workspace and mask03) is FINISHED, the printed compare page puts the variants side by side,
+    and each variant's best model is registered and embeds a caption. PFCVR_UPDATE_FIGURES=1
+    writes the screenshots to reports/figures/ (the README shows them)."""
+    from tests.uicheck import check_ui, chromium_binary
+
+    try:
+        chromium_binary()
+    except RuntimeError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("Chromium is not installed (make browser)")
+    repo, env = pipeline["repo"], pipeline["env"]
+    if "mask03" not in _parents(repo / "mlflow.db"):   # run alone: make the second experiment
+        run([str(BIN / "dvc"), "exp", "run", "-S", "train.mask_ratio=0.3", "-n", "mask03"], repo,
+            env, timeout=1800)
+    figures = ROOT / "reports/figures" if os.environ.get("PFCVR_UPDATE_FIGURES") else tmp_path
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    found = check_ui(store, VARIANTS, screenshot_path=figures / "mlflow_compare.png",
+                     runs_screenshot=figures / "mlflow_runs.png",
+                     finished_parents=("workspace", "mask03"))
+    assert found["parents"] == {"workspace": "FINISHED", "mask03": "FINISHED"}
+    assert "viewStateShareKey=ablation" in found["runs_url"]
+    assert all(f"evaluate@{v}" in found for v in VARIANTS)
+    for png in ("mlflow_compare.png", "mlflow_runs.png"):
+        path = figures / png
+        assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    mc = MlflowClient(store, store)
+    for v in VARIANTS:
+        latest = max(mc.search_model_versions(f"name = 'pfcvr-{v}'"), key=lambda m: int(m.version))
+        assert mc.get_run(latest.run_id).info.run_name == f"evaluate@{v}"
+    emb = mlflow.pyfunc.load_model("models:/pfcvr-full/latest").predict(
+        pd.DataFrame({"caption": ["a white sedan with a black roof"]}))
+    assert emb.shape == (1, 64) and abs(float((emb ** 2).sum()) - 1.0) < 1e-4
+    trials = [r for r in mc.search_runs([found["experiment_id"]], "tags.`pfcvr.kind` = 'child'")
+              if r.info.run_name.startswith("trial ")]
+    assert trials and all(r.info.status == "FINISHED" and
+                          r.data.tags.get("optuna.state") in ("COMPLETE", "PRUNED") for r in trials)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pfcvr.config import ConfigError, load_params
+from pfcvr.config import ConfigError, load_params, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,12 +98,81 @@ def test_every_documented_line_is_accepted_by_dvc_and_the_config(tmp_path):
         params = load_params(apply(folder, values))
         for value in values:   # and the value arrived as written
             key, _, text = value.partition("=")
-            got = params
-            for part in key.split("."):
-                got = getattr(got, part)
-            assert str(got) == text or float(got) == float(text), (value, got)
+            if key.startswith("~"):          # deleted, unless a later value puts it back
+                if not any(v.lstrip("+").startswith(f"{key[1:]}=") for v in values):
+                    parent, _, leaf = key[1:].rpartition(".")
+                    assert leaf not in to_dict(value_at(params, parent)), value
+                continue
+            got = value_at(params, key.lstrip("+"))
+            if isinstance(got, (list, dict)):
+                assert got == yaml12(text), (value, got)
+            else:
+                assert str(got) == text or float(got) == float(text), (value, got)
         checked += 1
     assert checked >= 10
+
+
+def value_at(params, key: str):
+    """The value of a dotted key in loaded params (models by attribute, mappings by item)."""
+    got = params
+    for part in key.split("."):
+        got = got[part] if isinstance(got, dict) else getattr(got, part)
+    return got
+
+
+def yaml12(text: str):
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def ranges_after(tmp_path: Path, values: list[str]) -> dict:
+    return load_params(apply(tmp_path, values)).tune.ranges
+
+
+DEFAULT_RANGES = {"train.weights.mlm": [0.0, 1.0], "train.weights.mim": [0.0, 1.0],
+                  "train.weights.part": [0.0, 1.0], "train.mask_ratio": [0.3, 0.9],
+                  "train.text_mask_ratio": [0.05, 0.3]}
+
+
+def test_tune_space_ranges_take_ordinary_overrides(tmp_path):
+    """Issue 13: each range of tune.space is a plain `-S` key, through DVC's own override code."""
+    from dvc.exceptions import InvalidArgumentError
+
+    def after(name: str, *values: str) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        return ranges_after(folder, list(values))
+
+    lines = documented_lines()   # the README and params.yaml show each form
+    for line in (["tune.space.train.mask_ratio=[0.2,0.8]"], ["~tune.space.train.text_mask_ratio"],
+                 ["+tune.space.train.lr=[1e-5,1e-3]"]):
+        assert line in lines
+    assert after("default") == DEFAULT_RANGES
+    assert after("set", "tune.space.train.mask_ratio=[0.2,0.8]") == {
+        **DEFAULT_RANGES, "train.mask_ratio": [0.2, 0.8]}                    # replaced, not merged
+    assert after("weight", "tune.space.train.weights.mim=[0.5,1]") == {
+        **DEFAULT_RANGES, "train.weights.mim": [0.5, 1.0]}
+    less = dict(DEFAULT_RANGES)
+    del less["train.text_mask_ratio"]
+    assert after("drop", "~tune.space.train.text_mask_ratio") == less
+    assert after("drop_weights", "~tune.space.train.weights") == {
+        "train.mask_ratio": [0.3, 0.9], "train.text_mask_ratio": [0.05, 0.3]}
+    assert after("add", "+tune.space.train.lr=[1e-5,1e-3]") == {
+        **DEFAULT_RANGES, "train.lr": [1e-5, 1e-3]}
+    assert after("add_model", "+tune.space.model.part_decoder.dropout=[0,0.3]") == {
+        **DEFAULT_RANGES, "model.part_decoder.dropout": [0.0, 0.3]}
+    assert after("only", "~tune.space", "+tune.space={train: {lr: [1e-5, 1e-3]}}") == {
+        "train.lr": [1e-5, 1e-3]}
+    # a mapping value merges into the ranges already there (Hydra), it does not replace them
+    assert after("merge", "tune.space.train={mask_ratio: [0.2, 0.8]}") == {
+        **DEFAULT_RANGES, "train.mask_ratio": [0.2, 0.8]}
+    # a new key without `+`: DVC itself refuses the line, before params.yaml is touched
+    for value in ("tune.space.train.lr=[1e-5,1e-3]", "tune.space.train={lr: [1e-5, 1e-3]}"):
+        with pytest.raises(InvalidArgumentError) as info:
+            apply(tmp_path, [value])
+        cause = info.value.__cause__
+        assert "To append to your config use +" in str(cause), cause
 
 
 def test_config_error_examples_print_what_the_readme_shows(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from pfcvr import dashboard
 from tests.offline_browser import dom, require_chromium, screenshot
-from tests.uicheck import free_port
+from tests.uicheck import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "pfcvr-tune-dashboardtest"
@@ -68,13 +67,7 @@ class Dashboard:
             return r.read()
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
 
 
 def test_tune_ui_serves_the_study(tmp_path):

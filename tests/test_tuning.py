@@ -5,7 +5,7 @@ import optuna
 import pytest
 import yaml
 
-from pfcvr.config import load_params, read_raw, set_dotted
+from pfcvr.config import load_params, parse_params, read_raw, set_dotted
 from pfcvr.tuning import exp_run_command, redact, run_study, study_name, summarize, trial_params
 
 
@@ -196,19 +196,32 @@ def test_study_name_covers_data_code_and_not_the_searched_values():
     assert study_name(load_params("params.yaml", overrides={"tune.epochs": 3})) != study_name(a)
 
 
+def test_study_name_covers_the_space_by_dotted_name():
+    a = load_params("params.yaml")
+    narrower = load_params("params.yaml", overrides={"tune.space.train.mask_ratio": [0.4, 0.9]})
+    more = load_params("params.yaml", overrides={"tune.space.train.lr": [1e-4, 1e-3]})
+    names = {study_name(a), study_name(narrower), study_name(more)}
+    assert len(names) == 3
+    # the same ranges with the same names, whatever the order of the tree: the same study
+    raw = read_raw("params.yaml")
+    space = raw["tune"]["space"]["train"]
+    raw["tune"]["space"]["train"] = dict(reversed(list(space.items())))
+    assert study_name(parse_params(raw)) == study_name(a)
+
+
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
     from tests.train_helpers import make_project
 
     root = tmp_path_factory.mktemp("tune_project")
     make_project(root, {"tune.n_trials": 4, "tune.epochs": 1, "tune.timeout": 3600,
-                        "tune.space": {"train.batch_size": [200, 300]}})
+                        "tune.space": {"train": {"batch_size": [200, 300]}}})
     return root
 
 
 def test_the_issue_example_batch_larger_than_the_train_split(tiny_project, tmp_path, monkeypatch,
                                                             capsys):
-    """`tune.space: {train.batch_size: [200, 300]}` on a train split of fewer samples: every
+    """`tune.space: {train: {batch_size: [200, 300]}}` on a train split of fewer samples: every
     trial fails the same way; the stage exits 1 with one line, writes no best_params.yaml."""
     import functools
 
@@ -233,18 +246,20 @@ def test_the_issue_example_batch_larger_than_the_train_split(tiny_project, tmp_p
     assert len(names) == 1 and names[0].startswith("pfcvr-tune-")       # the study is kept
 
 
-def test_nested_space_entry_is_named():
-    """What `dvc exp run -S '+tune.space.train.batch_size=[200,300]'` writes (a nested mapping)."""
+def test_dotted_space_entry_is_named():
+    """tune.space is the params tree, what `dvc exp run -S '+tune.space.train.batch_size=[200,300]'`
+    writes; a dotted key (the form of older params.yaml files) is named with the tree form."""
     from pfcvr.config import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        load_params("params.yaml", overrides={"tune.space": {"train": {"batch_size": [200, 300]}}})
+        load_params("params.yaml", overrides={"tune.space": {"train.batch_size": [200, 300]}})
     assert str(caught.value) == (
-        "tune.space.train: a nested mapping; write each searched parameter as one dotted key under "
-        "tune.space in params.yaml, e.g. `train.batch_size: [low, high]` (`dvc exp run -S` splits "
-        "a key at its dots, so it cannot add one)")
-    ok = load_params("params.yaml", overrides={"tune.space": {"train.batch_size": [200, 300]}})
-    assert ok.tune.space["train.batch_size"] == [200.0, 300.0]
+        "tune.space.train.batch_size: a dotted key; write tune.space as the params tree, "
+        "`train: {batch_size: [low, high]}`, the form that "
+        "`dvc exp run -S tune.space.train.batch_size=[low,high]` sets")
+    ok = load_params("params.yaml", overrides={"tune.space": {"train": {"batch_size": [200, 300]}}})
+    assert ok.tune.ranges["train.batch_size"] == [200.0, 300.0]
+    assert ok.tune.ranges["train.mask_ratio"] == [0.3, 0.9]   # a mapping override merges
 
 
 def test_unwritable_report_folder_stops_tune_before_any_trial(tiny_project, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ the size of the damage instead of stopping at the first bad line.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,14 +254,44 @@ def load_manifest(path: str | Path, validate: bool = True) -> list[dict]:
     return records
 
 
+def stored_location(path: str | Path, prepared_dir: str | Path,
+                    project: str | Path | None = None) -> str:
+    """How ``meta.json`` records a dataset folder or file that stays where it is (a real
+    dataset is read in place): relative to ``prepared_dir`` (POSIX separators, e.g.
+    ``../../datasets/T2I/image``) when it and ``prepared_dir`` both lie in ``project`` (default:
+    the working directory, where DVC runs the stages: the repository root), so a moved or copied
+    project keeps its prepared data valid; else absolute, since a dataset outside the project
+    stays put when the project moves. Symbolic links are resolved first (a link inside the
+    project to another disk is recorded by its target). Read back by :func:`images_root`.
+    """
+    project = Path(project if project is not None else Path.cwd()).resolve()
+    target, base = Path(path).resolve(), Path(prepared_dir).resolve()
+    if target.is_relative_to(project) and base.is_relative_to(project):
+        return Path(os.path.relpath(target, base)).as_posix()
+    return str(target)
+
+
 def images_root(prepared_dir: str | Path, meta: dict) -> Path:
     """The folder that manifest ``file_path``s are relative to, from ``meta.json``.
 
-    ``meta["images_root"]`` is absolute (a real dataset read in place) or relative to
-    ``prepared_dir`` (the synthetic ``images/``); missing or empty means ``images``.
+    ``meta["images_root"]`` is absolute (a dataset outside the project), or relative to
+    ``prepared_dir``: the synthetic ``images/``, or a dataset inside the project
+    (:func:`stored_location`); missing or empty means ``images``. Raises :class:`DataError` when
+    a recorded folder does not exist (the dataset moved or was deleted after prepare).
     """
-    root = Path(str(meta.get("images_root") or "images")).expanduser()
-    return root if root.is_absolute() else Path(prepared_dir) / root
+    recorded = str(meta.get("images_root") or "")
+    root = Path(recorded or "images").expanduser()
+    if not root.is_absolute():
+        if ".." in root.parts:   # computed from the physical prepared folder: resolve from it
+            root = Path(os.path.normpath(Path(prepared_dir).resolve() / root))
+        else:
+            root = Path(prepared_dir) / root
+    if recorded and not root.is_dir():
+        raise DataError(f"{Path(prepared_dir) / 'meta.json'}: the images folder {root} (its "
+                        f"images_root {recorded!r}) does not exist: the dataset was moved or "
+                        "deleted after the prepare stage; set data.root to where it is now and "
+                        "rerun prepare (`dvc repro prepare`, `-f` if data.root is unchanged)")
+    return root
 
 
 def record_name(index: int, record: dict) -> str:

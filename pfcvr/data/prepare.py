@@ -8,8 +8,10 @@ finished by the next one. ``data/prepared`` holds
 - ``manifest.json``: the canonical records (DESIGN.md), one per line, one per image (records of
   one image listed several times are merged, see :mod:`pfcvr.data.duplicates`);
 - ``meta.json``: ``{source, images_root, num_records, splits, duplicates, ...}``. ``images_root``
-  is ``"images"`` (relative to ``data/prepared``) for the synthetic benchmark, and the absolute
-  dataset folder for real sources, whose images are not copied;
+  is ``"images"`` (relative to ``data/prepared``) for the synthetic benchmark; for real sources,
+  whose images are not copied, the dataset's image folder: relative to ``data/prepared`` when the
+  dataset lies inside the project (the working directory), so the project can be moved, else
+  absolute (``pfcvr.data.manifest.stored_location``; ``annotations`` likewise);
 - ``images/`` (synthetic only).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PIL import Image
 from pfcvr import paths
 from pfcvr.config import PART_CATEGORIES, Params, to_dict
 from pfcvr.data import synthetic
-from pfcvr.data.manifest import save_manifest, split_summary, validate_records
+from pfcvr.data.manifest import save_manifest, split_summary, stored_location, validate_records
 from pfcvr.data.oracle import attribute_oracle, has_ground_truth
 from pfcvr.data.readers import read_source
 from pfcvr.io import write_json
@@ -156,9 +158,12 @@ def prepare(params: Params, out_dir: str | Path = paths.PREPARED,
                               unknown_category=settings["unknown_category"], workers=workers)
             records, images_dir, skipped = res.records, res.images_root, res.skipped
             duplicates, ignored = res.duplicates, res.ignored_parts
-            meta = {"source": settings["source"], "images_root": str(res.images_root),
-                    "annotations": str(res.annotations), "val_carved_ids": res.val_carved_ids,
-                    "val_is_test": res.val_is_test}
+            # A dataset inside the project is recorded relative to out_dir: `mv` of the project
+            # must not leave meta.json pointing at the old folder (stored_location).
+            meta = {"source": settings["source"],
+                    "images_root": stored_location(res.images_root, out_dir),
+                    "annotations": stored_location(res.annotations, out_dir),
+                    "val_carved_ids": res.val_carved_ids, "val_is_test": res.val_is_test}
         # The records come from our own generator/reader: a problem here is a bug, not bad input.
         validate_records(records, f"prepared manifest ({settings['source']})").raise_if_any()
         meta.update(num_records=len(records), splits=split_summary(records), skipped=skipped,

@@ -139,10 +139,13 @@ class VariantEvaluation:
         return {**self.summary(), **self.info()}
 
     def mlflow_metrics(self) -> dict[str, float]:
-        """``<checkpoint>/seed<k>/<name>`` per model (RetrievalResult.scalars) and
-        ``<checkpoint>/<metric>_{mean,std}`` per summary entry."""
-        out = {f"{m.checkpoint}/seed{m.seed}/{k}": v
-               for m in self.models for k, v in m.result.scalars().items()}
+        """``R1`` ... ``mINP``: the best checkpoint's mean over seeds, rounded to 0.01 (the
+        headline numbers; every variant's run has them under the same names, so MLflow lines
+        the variants up); ``<checkpoint>/seed<k>/<name>`` per model (RetrievalResult.scalars)
+        and ``<checkpoint>/<metric>_{mean,std}`` per summary entry (unrounded)."""
+        out = {m: round(s["mean"], 2) for m, s in self.summary()["best"].items()}
+        out.update({f"{m.checkpoint}/seed{m.seed}/{k}": v
+                    for m in self.models for k, v in m.result.scalars().items()})
         stats = ("mean", "std") if len(self.seeds) > 1 else ("mean",)   # one seed: no std
         out.update({f"{kind}/{m}_{stat}": s[stat] for kind, res in self.summary().items()
                     for m, s in res.items() for stat in stats})
@@ -155,6 +158,12 @@ class VariantEvaluation:
         cards = {m.label: {"folder": str(m.folder), "extra": m.extra} for m in self.models}
         description = str(self.models[0].extra.get("description", ""))
         return evaluation_card(self.variant, description, self.summary(), cards, self.info())
+
+    def published_model(self) -> EvaluatedModel:
+        """The model a variant publishes (MLflow registry): the best checkpoint of the first
+        seed of report.seeds, the one the top-k figure and the model card's first row show;
+        chosen by seed order, not by a test result, so publishing selects nothing on test."""
+        return next(m for m in self.models if m.checkpoint == "best")
 
     def topk(self) -> tuple[int, list[TopkItem]]:
         """The seed whose best checkpoint gave the top-k items, and the items."""
