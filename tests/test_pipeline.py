@@ -6,7 +6,9 @@ One module-scoped `dvc repro` feeds every test here:
   reads (tests/record_params/sitecustomize.py, on the stages' PYTHONPATH with PFCVR_RECORD_PARAMS
   set, records the reads; dvc.lock says what DVC tracks);
 - MLflow holds one parent run with the nested stage runs, seen through a real `mlflow server`'s REST
-  API and in headless Chromium;
+  API and in headless Chromium; offline, the pages `make ui` prints open on the variant runs with
+  R1 ... mINP columns and compare them, no parent run stays RUNNING, and each variant's registered
+  model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the README's screenshots);
 - `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
   `dvc exp show` and as a new MLflow parent run; a queued experiment writes to the same store.
 """

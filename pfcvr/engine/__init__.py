@@ -1,0 +1,1 @@
+"""Engine: the training loop, its seeds and resume, and retrieval evaluation."""

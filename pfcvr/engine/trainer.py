@@ -118,11 +118,11 @@ class Trainer:
         self.ddp = D.wrap_ddp(self.model, device, find_unused=find_unused_parameters)
         self.criterion, self.forward_kwargs = criterion, forward_kwargs
         self.loss_fn = training_loss
+        mode = cfg.compile_mode     # read either way: it is validated and recorded with the run
         if cfg.compile:     # DDP: dynamo leaves DDP's own forward eager (a deliberate break)
-            self.loss_fn = compile_training_loss(cfg.compile_mode, fullgraph=not info.enabled,
+            self.loss_fn = compile_training_loss(mode, fullgraph=not info.enabled,
                                                  backend=compile_backend)
-        self.cudagraphs = (cfg.compile and device.type == "cuda"
-                           and cfg.compile_mode in CUDAGRAPH_MODES)
+        self.cudagraphs = cfg.compile and device.type == "cuda" and mode in CUDAGRAPH_MODES
         self.guard = StepGuard(supports_found_inf(self.optimizer) and not self.scaler.is_enabled(),
                                device, info.world_size)
         self.evaluate, self.save_model = evaluate, save_model
