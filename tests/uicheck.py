@@ -53,6 +53,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True`` (setsid): SIGTERM to its process
+    group, SIGKILL if it has not ended within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class MlflowServer:
     """`mlflow server` in its own process group on 127.0.0.1; a context manager."""
 
@@ -86,13 +99,8 @@ class MlflowServer:
         raise UICheckError(f"mlflow server on {self.url} not ready after {self.timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
     def __exit__(self, *exc) -> None:
         self.stop()
