@@ -320,7 +320,7 @@ def read_raw(path: str | Path = "params.yaml") -> dict:
     """The file as plain dicts and lists, read with YAML 1.2 as `dvc exp run -S` writes it.
 
     The pure-Python loader: ruamel's optional C loader follows YAML 1.1 (``1e-05`` a string).
-    Raises :class:`ConfigError` if the file is missing or not YAML.
+    Raises :class:`ConfigError` if the file is missing, not UTF-8 or not YAML.
     """
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
@@ -329,7 +329,12 @@ def read_raw(path: str | Path = "params.yaml") -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        raw = YAML(typ="safe", pure=True).load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start}); "
+                          "save it as UTF-8") from None
+    try:
+        raw = YAML(typ="safe", pure=True).load(text)
     except YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return {} if raw is None else raw

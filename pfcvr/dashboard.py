@@ -50,6 +50,10 @@ def dashboard_command(url: str, host: str, port: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     host = args[0] if args else DEFAULT_HOST
+    if len(args) > 1 and not (args[1].isdigit() and 0 < int(args[1]) < 65536):
+        print(f"tune-ui: error: port {args[1]!r} (TUNE_PORT): must be a number in 1..65535",
+              file=sys.stderr)
+        return 1
     port = int(args[1]) if len(args) > 1 else DEFAULT_PORT
     url = storage_url(Path.cwd())
     db = sqlite_file(url)
@@ -58,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
               f"(`dvc repro tune`), or set OPTUNA_STORAGE", file=sys.stderr)
         return 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    found = studies(url)
+    try:
+        found = studies(url)
+    except Exception as err:      # corrupt file, missing DB driver, unreachable server, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"tune-ui: error: cannot read the Optuna storage {redact(url)} ({reason}); "
+              "check OPTUNA_STORAGE, or move a damaged file away and rerun the tune stage",
+              file=sys.stderr)
+        return 1
     print(f"Optuna dashboard: http://{host}:{port}  (storage {redact(url)}; Ctrl-C to stop)")
     for name, n_trials in found:
         print(f"  study {name}: {n_trials} trials")

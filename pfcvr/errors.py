@@ -43,14 +43,15 @@ def one_line(stage: str, err: BaseException) -> str:
 
 def run_stage(stage: str, main: Callable[[], Any],
               cleanup: Callable[[], None] | None = None) -> int:
-    """Run ``main()``; return 0, or print one line and return 1 for a user error, 130 for
-    Ctrl-C. ``cleanup`` runs in every case (e.g. leaving torchrun's process group)."""
+    """Run ``main()``; return its exit code (0 unless it returns an int), or print one line and
+    return 1 for a user error, 130 for Ctrl-C. ``cleanup`` runs in every case (e.g. leaving
+    torchrun's process group)."""
     from pfcvr.config import ConfigError
 
     rank = os.environ.get("RANK", "0")
     try:
-        main()
-        return 0
+        result = main()
+        return result if isinstance(result, int) else 0   # a main may return its exit code
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

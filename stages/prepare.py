@@ -16,6 +16,7 @@ from pfcvr import paths
 from pfcvr.config import ConfigError, flatten, load_params
 from pfcvr.data.manifest import DataError
 from pfcvr.data.prepare import prepare, summary
+from pfcvr.errors import run_stage
 from pfcvr.tracking import stage_run
 
 
@@ -44,5 +45,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # errors main does not word itself (e.g. the store) end as one line
+    sys.exit(run_stage("prepare", main))

@@ -496,3 +496,13 @@ def test_variant_and_description(raw):
     assert (base.variant, base.description) == (None, None)
     assert C.variant_description(base, "baseline") == "sdm + id only (CLIP fine-tuning)"
     assert "variant" not in flatten(p) and "description" not in C.to_dict(p)
+
+
+def test_params_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    """A binary (or Latin-1) params file names the file and the fix, not a codec traceback."""
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfeseed: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(bad)
+    assert str(err.value) == (f"{bad}: not valid UTF-8 text (invalid start byte at byte 0); "
+                              "save it as UTF-8")

@@ -312,3 +312,16 @@ def test_a_manifest_gallery_ranks_an_image_listed_twice_once(env, tmp_path):
     (prepared / "manifest.json").write_text(json.dumps(doubled))
     with pytest.raises(SearchError, match=r"image .* is record 0 and record 1 with different ids"):
         load_gallery(prepared / "manifest.json")
+
+
+def test_query_that_is_not_utf8_is_one_line():
+    """Bytes the terminal could not decode arrive as surrogate escapes (``\\udcff``): one line
+    saying so, not a tokenizer TypeError."""
+    from pfcvr.search.errors import SearchError
+    from pfcvr.search.query import check_query
+
+    with pytest.raises(SearchError) as err:
+        check_query("\udcff\udcfe red car", 5)
+    assert str(err.value) == ("the query is not valid UTF-8 text: set the terminal's encoding to "
+                              "UTF-8 (e.g. LANG=C.UTF-8) or retype it")
+    assert check_query("  red   car ", 5) == "red car"

@@ -100,3 +100,16 @@ def test_sqlite_file():
     assert dashboard.sqlite_file("sqlite:////a/b/optuna.db") == Path("/a/b/optuna.db")
     assert dashboard.sqlite_file("sqlite:///:memory:") is None
     assert dashboard.sqlite_file("postgresql://u:p@h/optuna") is None
+
+
+def test_tune_ui_bad_storage_or_port_is_one_line(tmp_path, monkeypatch, capsys):
+    """A corrupt study file or a bad TUNE_PORT ends with one line naming it, exit 1, no server."""
+    bad = tmp_path / "garbage.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{bad}")
+    assert dashboard.main(["127.0.0.1", "8080"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tune-ui: error: cannot read the Optuna storage sqlite:///{bad} (")
+    assert dashboard.main(["127.0.0.1", "abc"]) == 1
+    assert capsys.readouterr().err.strip() == \
+        "tune-ui: error: port 'abc' (TUNE_PORT): must be a number in 1..65535"

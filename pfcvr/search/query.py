@@ -72,8 +72,14 @@ class SearchResult:
 
 
 def check_query(query: str, top_k: int) -> str:
-    """The query with its whitespace collapsed; SearchError when it is empty or ``top_k < 1``."""
+    """The query with its whitespace collapsed; SearchError when it is empty, not valid UTF-8 or
+    ``top_k < 1``."""
     text = " ".join(str(query).split())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:     # bytes the terminal could not decode (surrogate escapes)
+        raise SearchError("the query is not valid UTF-8 text: set the terminal's encoding to "
+                          "UTF-8 (e.g. LANG=C.UTF-8) or retype it") from None
     if not text:
         raise SearchError("the query is empty: describe the vehicle, e.g. \"white SUV with a black "
                           "roof rack\"")
