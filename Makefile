@@ -49,7 +49,7 @@ ui: setup  ## MLflow UI over the repository's store; prints the ablation and com
 	  --ui-urls http://$(HOST):$(PORT) || true
 	@echo "(Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
+	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
 
 tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overrides ./optuna.db)
 	@$(PY) -m pfcvr.dashboard $(HOST) $(TUNE_PORT)
