@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from pfcvr.config import PART_CATEGORIES, read_raw, set_dotted
+from tests.offline_browser import require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -156,7 +157,7 @@ def test_each_stage_lists_the_params_it_reads(pipeline):
 
 
 def test_mlflow_runs_and_ui(pipeline, tmp_path):
-    from tests.uicheck import MlflowServer, check_ui, chromium_binary
+    from tests.uicheck import MlflowServer, check_ui
 
     store = f"sqlite:///{pipeline['repo'] / 'mlflow.db'}"
     with MlflowServer(store) as server:
@@ -174,12 +175,7 @@ def test_mlflow_runs_and_ui(pipeline, tmp_path):
             assert tags.get("mlflow.parentRunId") == parent
     trials = [r for r in runs if r["info"]["run_name"].startswith("trial ")]
     assert len(trials) >= 2
-    try:
-        chromium_binary()
-    except RuntimeError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("Chromium is not installed (make browser)")
+    require_chromium()
     found = check_ui(store, ("full", "no_part"), screenshot_path=tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert found["evaluate@full"]["metrics"] > 0
@@ -232,14 +228,9 @@ def test_mlflow_ui_opens_on_the_ablation(pipeline, tmp_path, monkeypatch):
     (workspace and mask03) is FINISHED, the printed compare page puts the variants side by side,
     and each variant's best model is registered and embeds a caption. PFCVR_UPDATE_FIGURES=1
     writes the screenshots to reports/figures/ (the README shows them)."""
-    from tests.uicheck import check_ui, chromium_binary
+    from tests.uicheck import check_ui
 
-    try:
-        chromium_binary()
-    except RuntimeError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("Chromium is not installed (make browser)")
+    require_chromium()
     repo, env = pipeline["repo"], pipeline["env"]
     if "mask03" not in _parents(repo / "mlflow.db"):   # run alone: make the second experiment
         run([str(BIN / "dvc"), "exp", "run", "-S", "train.mask_ratio=0.3", "-n", "mask03"], repo,
