@@ -10,6 +10,7 @@ from pfcvr.config import load_params
 from pfcvr.engine.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint,
                                      rng_state, save_checkpoint, set_rng_state)
 from pfcvr.engine.optim import build_optimizer, build_scheduler
+from tests.tmpfs import mounted_tmpfs
 
 
 def _objects(seed=0):
@@ -97,18 +98,8 @@ def test_bad_files_are_named(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs (root may mount; skipped where mount is not permitted)."""
-    import subprocess
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    yield mnt
-    import gc
-    gc.collect()    # a failed torch.save may hold its file until collected
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)   # detach; freed when closed
+    with mounted_tmpfs(tmp_path / "disk", "size=1M") as mnt:
+        yield mnt
 
 
 def _big_objects():

@@ -10,6 +10,7 @@ import pytest
 
 from pfcvr.config import load_params
 from pfcvr.engine import seeds
+from tests.tmpfs import mounted_tmpfs
 from tests.train_helpers import make_project
 
 REAL_TRAIN_MODEL = seeds.train_model
@@ -203,23 +204,14 @@ def test_unwritable_output_folder_is_named_before_training(stage_copy, capsys):
 
 def test_read_only_output_folder_is_named(tmp_path):
     """A read-only mount stops root too (permission bits do not); skipped where mount is denied."""
-    import subprocess
-
     from pfcvr.storage import WriteError, check_writable
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(ro)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1M") as ro:
         with pytest.raises(WriteError) as caught:
             check_writable([tmp_path / "ok", ro / "models" / "full"])
         assert str(caught.value) == (f"output folder {ro / 'models' / 'full'} is not writable (its "
                                      f"existing parent {ro}): Read-only file system; fix its "
                                      "permissions or mount, or free it")
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_replaced_image_restarts_the_seed_instead_of_resuming(project, tmp_path, monkeypatch):
