@@ -1,5 +1,6 @@
 """Every path the pipeline reads or writes, in one place (relative to the repository root, where
-DVC runs the stages). dvc.yaml lists the same paths as deps/outs; a test checks they agree.
+DVC runs the stages). Every path dvc.yaml tracks is one of these or lies inside one of these
+folders (tests/test_dvc_deps.py checks it).
 
 Stages take these as defaults; the library functions take paths as arguments, so tests and other
 layouts pass their own.
@@ -16,7 +17,8 @@ DATA_STATS = Path("reports/data/stats.json")
 DATA_FIGURE = Path("reports/figures/data_samples.png")
 
 # parts
-PARTS = Path("data/parts/parts.json")
+PARTS_DIR = Path("data/parts")             # the folder DVC tracks as the stage's output
+PARTS = PARTS_DIR / "parts.json"
 PARTS_STATS = Path("reports/parts/stats.json")
 PARTS_FIGURE = Path("reports/figures/part_pairs.png")
 PARTS_CACHE = Path(".cache/parts")
@@ -57,13 +59,3 @@ def model_dir(variant: str) -> Path:
 def train_reports(variant: str) -> Path:
     """reports/train/<variant>: history.tsv and summary.json."""
     return TRAIN_REPORTS / variant
-
-
-def metrics_json(variant: str) -> Path:
-    """reports/metrics/<variant>.json: the test metrics of evaluate@<variant>."""
-    return METRICS / f"{variant}.json"
-
-
-def eval_reports(variant: str) -> Path:
-    """reports/eval/<variant>: cmc.tsv and model_card.md."""
-    return EVAL_REPORTS / variant

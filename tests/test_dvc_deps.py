@@ -69,3 +69,29 @@ def test_lazy_imports_count(tmp_path):
     files = {str(p.relative_to(ROOT)) for p in transitive_files("pfcvr")}
     assert "pfcvr/__init__.py" in files and "pfcvr/config.py" in files
     assert any(f.startswith("pfcvr/model/") for f in files)
+
+
+def _dvc_paths(dvc: dict) -> set[str]:
+    """Every data path dvc.yaml names (outs, metrics, plots and non-code deps), for variant full."""
+    found = set()
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        entries = [d for d in body.get("deps", []) if not str(d).startswith(("pfcvr", "stages"))]
+        for key in ("outs", "metrics", "plots"):
+            entries += [next(iter(e)) if isinstance(e, dict) else e for e in body.get(key, [])]
+        found |= {str(e).replace("${key}", "full") for e in entries}
+    return found
+
+
+def test_dvc_yaml_paths_come_from_pfcvr_paths():
+    """pfcvr/paths.py is where the stages take their paths from: every path dvc.yaml tracks is
+    one of its constants or lies inside one of its folders, so the two cannot drift apart."""
+    from pathlib import Path
+
+    from pfcvr import paths
+
+    known = {v for v in vars(paths).values() if isinstance(v, Path)}
+    stray = sorted(p for p in _dvc_paths(yaml.safe_load(DVC_YAML.read_text()))
+                   if not any(Path(p) == k or k in Path(p).parents for k in known))
+    assert not stray, f"dvc.yaml paths that pfcvr/paths.py does not know: {stray}"
+    assert "reports/figures/train_full.png" in _dvc_paths(yaml.safe_load(DVC_YAML.read_text()))
