@@ -255,6 +255,7 @@ def main(argv=None) -> None:
         model_raw, n_classes = dict(PAPER), 1257       # ~70 % of T2I-VeRW's ids
     else:
         model_raw, n_classes = to_dict(load_params(ROOT / "params.yaml").model), 100
+        model_raw["backbone"] = "tiny"    # `pretrained` is this architecture; speed needs no weights
     vocab, ctx = model_raw["tiny"]["vocab_size"], model_raw["tiny"]["context_length"]
     tok = Tokenizer.train(random_corpus(20_000 if vocab > 5000 else 2_000), vocab, ctx)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"

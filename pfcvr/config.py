@@ -272,6 +272,7 @@ def _validate_space(raw: dict, base: dict) -> None:
 
 
 SEED_MAX = 2**31 - 1   # as the top-level `seed`
+REFERENCE_VARIANT = "full"   # what every ablation variant is compared with (pfcvr.paired_text)
 
 
 def _validate_seeds(seeds: list[int]) -> None:
@@ -288,6 +289,22 @@ def _validate_seeds(seeds: list[int]) -> None:
     if twice:
         raise ConfigError(f"report.seeds={seeds}: seed {twice[0]} is listed more than once; "
                           "list each seed once")
+
+
+def _validate_variants(variants: list[str], defined: dict) -> None:
+    """``report.variants``: the variants the pipeline trains, evaluates and reports (dvc.yaml's
+    foreach list); each defined in ``ablations``, none twice, ``full`` (the reference of every
+    comparison) among them."""
+    if REFERENCE_VARIANT not in variants:
+        raise ConfigError(f"report.variants={variants}: must include {REFERENCE_VARIANT!r}, the "
+                          "reference every variant is compared with")
+    for i, name in enumerate(variants):
+        if name not in defined:
+            raise ConfigError(f"report.variants[{i}]={name!r}: no such variant; defined in "
+                              f"ablations: {', '.join(defined)}")
+    twice = sorted({v for v in variants if variants.count(v) > 1})
+    if twice:
+        raise ConfigError(f"report.variants={variants}: {twice[0]!r} is listed more than once")
 
 
 def parse_params(raw: dict, variant: str | None = None) -> Params:
@@ -308,6 +325,7 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
             raise ConfigError(f"ablations.{name}: {err}") from None
     _validate_space(raw, base.model_dump())
     _validate_seeds(list(raw["report"]["seeds"]))
+    _validate_variants(list(raw["report"]["variants"]), raw["ablations"])
     if variant is None:
         return base
     merged = parse_section(Params, _merge_variant(raw, variant))

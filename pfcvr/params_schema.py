@@ -143,6 +143,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"]
     num_workers: int = Field(ge=0, le=256)
     cpu_threads: int = Field(ge=0, le=1024)
+    seed_workers: int = Field(ge=1, le=1024)
     compile: bool
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs",
                           "max-autotune"]
@@ -156,6 +157,20 @@ class TrainConfig(Section):
     weights: LossWeights
 
 
+class PretrainConfig(Section):
+    n_ids: int = Field(ge=1, le=10_000_000)
+    images_per_id: int = Field(ge=1, le=100)
+    captions_per_image: int = Field(ge=1, le=20)
+    part_rate: float = Field(ge=0.0, le=1.0)
+    steps: int = Field(ge=1, le=100_000_000)
+    warmup_steps: int = Field(ge=0, le=100_000_000)
+    batch_size: int = Field(ge=2, le=65_536)
+    lr: float = Field(gt=0.0, le=1.0)
+    weight_decay: float = Field(ge=0.0, le=10.0)
+    hflip: float = Field(ge=0.0, le=1.0)
+    eval_every: int = Field(ge=1, le=100_000_000)
+
+
 class EvalConfig(Section):
     batch_size: int = Field(ge=1, le=65_536)
     chunk_size: int = Field(ge=1, le=10_000_000)
@@ -164,6 +179,7 @@ class EvalConfig(Section):
 
 
 class ReportConfig(Section):
+    variants: list[str]
     seeds: list[int]
 
 
@@ -199,6 +215,7 @@ class Params(Section):
     data: DataConfig
     parts: PartsConfig
     model: ModelConfig
+    pretrain: PretrainConfig
     train: TrainConfig
     eval: EvalConfig
     ablations: dict[str, Any]         # variant -> sparse patch; checked by parse_params

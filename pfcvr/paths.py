@@ -23,6 +23,15 @@ PARTS_STATS = Path("reports/parts/stats.json")
 PARTS_FIGURE = Path("reports/figures/part_pairs.png")
 PARTS_CACHE = Path(".cache/parts")
 
+# pretrain
+PRETRAINED = Path("models/pretrained")    # model.backbone: pretrained loads this folder
+PRETRAIN_REPORTS = Path("reports/pretrain")
+PRETRAIN_FIGURE = Path("reports/figures/pretrain.png")
+PRETRAIN_CACHE = Path(".cache/pretrain")
+
+# zero_shot: the pretrained backbone on test, no fine-tuning -> METRICS / f"{ZERO_SHOT}.json"
+ZERO_SHOT = "zero_shot"
+
 # train@<variant> / evaluate@<variant>
 MODELS = Path("models")
 TRAIN_REPORTS = Path("reports/train")

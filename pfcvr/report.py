@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pfcvr.io import read_json
+from pfcvr.paths import ZERO_SHOT
 from pfcvr.paired import (ALPHA, HELPS, HURTS, NO_PAIR, SINGLE, UNCLEAR, PairedDifference,
                           compare_by_seed, design_mde, verdict)
 from pfcvr.paired_text import REFERENCE, VERDICT_METRIC, paired_section, verdicts
@@ -127,9 +128,11 @@ def _delta(cell: dict, pair: PairedDifference) -> str:
 
 
 def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
-              reference: str = REFERENCE, paired: dict | None = None) -> list[str]:
-    """Why effects do or do not show, judged against the data's attribute oracle (DESIGN.md)
-    and the paired verdicts (``paired``: :func:`paired_comparison`, computed when None)."""
+              reference: str = REFERENCE, paired: dict | None = None,
+              zero_shot: dict | None = None) -> list[str]:
+    """Why effects do or do not show, judged against the data's attribute oracle (DESIGN.md),
+    the zero-shot backbone (``zero_shot``: its ``{metric: cell}``, optional) and the paired
+    verdicts (``paired``: :func:`paired_comparison`, computed when None)."""
     if reference not in table:
         return []
     r1 = table[reference]["R1"]["mean"]
@@ -139,13 +142,21 @@ def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
         lines.append(f"- `{reference}` reaches test R1 {r1:.1f}, below the attribute oracle that uses "
                      f"only type and colour ({glob:.1f}; all attributes: {full:.1f}). The model has "
                      "not yet learned even the global attributes, so a part-level component cannot "
-                     "show its effect here: the benchmark is not too easy, the training is too "
-                     "short. Train longer (`train.epochs`) or larger (`model.tiny.*`) to measure it.")
+                     "show its effect here: the benchmark is not too easy, the model and its "
+                     "training are too small. More epochs alone do not lift it (README, 'Results "
+                     "of the default run'); the levers are a wider model (`model.tiny.*`), more "
+                     "pretraining (`pretrain.*`) and more training identities "
+                     "(`data.synthetic.n_ids`).")
     elif glob is not None and full is not None:
         share = (r1 - glob) / max(full - glob, 1e-9)
         lines.append(f"- `{reference}` reaches test R1 {r1:.1f}: {100 * share:.0f} % of the way from "
                      f"the type-and-colour oracle ({glob:.1f}) to the all-attributes oracle "
-                     f"({full:.1f}), the room that part perception can win.")
+                     f"({full:.1f}), the room that part perception can win; "
+                     f"{r1 / max(glob, 1e-9):.2f}x the type-and-colour oracle.")
+    if zero_shot is not None:
+        z = zero_shot["R1"]["mean"]
+        lines.append(f"- The pretrained backbone alone (zero-shot) reaches test R1 {z:.1f}; "
+                     f"fine-tuning `{reference}` adds {r1 - z:+.1f} points.")
     paired = paired_comparison(table, reference) if paired is None else paired
     words = {v: verdict(cells[VERDICT_METRIC]) for v, cells in paired.items()
              if verdict(cells[VERDICT_METRIC]) != NO_PAIR}    # not compared: said per variant
@@ -168,17 +179,24 @@ def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
     return lines
 
 
+ZERO_SHOT_ROW = "pretrained backbone, no fine-tuning (one model)"
+
+
 def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
                       setup: list[str], final_table: dict | None = None,
                       findings: list[str] = (), paired: dict | None = None,
-                      effects: dict | None = None) -> str:
+                      effects: dict | None = None, zero_shot: dict | None = None) -> str:
     """The whole reports/ablation.md text (``paired`` / ``effects``: :func:`paired_comparison`
-    and :func:`detectable_effects` of ``table``, computed when None)."""
+    and :func:`detectable_effects` of ``table``, computed when None; ``zero_shot``: the
+    ``{metric: cell}`` of the zero_shot stage, shown as the table's first row, or None)."""
     paired = paired_comparison(table) if paired is None else paired
     effects = detectable_effects(paired) if effects is None else effects
     head = "| variant | what | " + " | ".join(METRICS) + " | ΔR1 vs full | ΔmAP vs full |"
     rule = "|---" * (len(METRICS) + 4) + "|"
     rows = []
+    if zero_shot:
+        rows.append(f"| `zero_shot` | {ZERO_SHOT_ROW} | "
+                    + " | ".join(_fmt(zero_shot[m]) for m in METRICS) + " | — | — |")
     for variant, metrics in table.items():
         d = deltas.get(variant)
         dr1 = "—" if d is None else _delta(d["R1"], paired[variant]["R1"])
@@ -216,7 +234,7 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
     return "\n".join(parts)
 
 
-RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde")   # top-level JSON keys next to the variants
+RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde", "zero_shot")   # top-level JSON keys next to the variants
 
 
 def ablation_json(table: dict, deltas: dict, paired: dict | None = None,
@@ -294,9 +312,23 @@ def setup_lines(params, data_stats: dict) -> list[str]:
     return lines
 
 
+def pretrain_lines(stats: dict) -> list[str]:
+    """The pretraining corpus and run, from the pretrain stage's stats (empty: no lines)."""
+    if not stats:
+        return []
+    shared = stats.get("shared_full_attribute_sets_with_benchmark")
+    disjoint = (f"{shared} full attribute sets shared with the benchmark's identities"
+                if stats.get("identity_disjoint_check") == "checked"
+                else "identity overlap with the benchmark not checkable (no attribute annotations)")
+    return [f"- pretraining (`model.backbone: pretrained`): {stats['n_images']} corpus images of "
+            f"{stats['n_ids']} vehicles with coarse alt-text captions ({disjoint}); "
+            f"{stats['steps']} steps of batch {stats['batch_size']} in {stats['seconds']:.0f} s; "
+            f"zero-shot val R1 {stats['final_val_R1']:.1f}"]
+
+
 @dataclass(frozen=True)
 class AblationReport:
-    """The ablation study of every variant of ``ablations``.
+    """The ablation study of every variant of ``report.variants``.
 
     table / final: ``{variant: {metric: {"mean", "std", "runs", "seeds"}}}`` of the best-on-val
     and the last-epoch checkpoints; deltas: :func:`compare` of ``table``; markdown:
@@ -341,17 +373,19 @@ class AblationReport:
             "## Published numbers")[0]
 
 
-def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path) -> AblationReport:
-    """Read ``<metrics_dir>/<variant>.json`` for every variant of ``params.ablations`` and the
-    prepare stage's ``data_stats`` JSON (optional: skipped when missing), compare every variant
-    with ``full`` and write the report text.
+def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path,
+                    pretrain_stats: str | Path | None = None) -> AblationReport:
+    """Read ``<metrics_dir>/<variant>.json`` for every variant of ``params.report.variants``, the
+    prepare stage's ``data_stats`` JSON, the zero_shot stage's ``<metrics_dir>/zero_shot.json``
+    and the pretrain stage's ``pretrain_stats`` JSON (each optional: skipped when missing),
+    compare every variant with ``full`` and write the report text.
 
     Raises FileNotFoundError / ValueError naming a missing or incomplete metrics file, and
     ValueError when ``full`` has no results.
     """
     from pfcvr.config import variant_description
 
-    variants = list(params.ablations)
+    variants = list(params.report.variants)
     descriptions = {v: variant_description(params, v) for v in variants}
     table = collect(variants, metrics_dir, "best")
     final = collect(variants, metrics_dir, "final")
@@ -359,7 +393,14 @@ def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path) -> 
     paired = paired_comparison(table)
     effects = detectable_effects(paired)
     stats = read_json(data_stats) if Path(data_stats).is_file() else {}
-    md = ablation_markdown(table, deltas, descriptions, setup_lines(params, stats), final,
-                           diagnosis(table, deltas, stats, paired=paired), paired, effects)
-    return AblationReport(table, final, deltas, md, ablation_json(table, deltas, paired, effects),
-                          paired, effects)
+    zs_path = Path(metrics_dir) / f"{ZERO_SHOT}.json"
+    zero_shot = collect([ZERO_SHOT], metrics_dir, "best")[ZERO_SHOT] if zs_path.is_file() else None
+    pre = read_json(pretrain_stats) if pretrain_stats and Path(pretrain_stats).is_file() else {}
+    setup = setup_lines(params, stats) + pretrain_lines(pre)
+    findings = diagnosis(table, deltas, stats, paired=paired, zero_shot=zero_shot)
+    md = ablation_markdown(table, deltas, descriptions, setup, final, findings, paired, effects,
+                           zero_shot)
+    document = ablation_json(table, deltas, paired, effects)
+    if zero_shot:
+        document["zero_shot"] = {m: zero_shot[m]["mean"] for m in METRICS}
+    return AblationReport(table, final, deltas, md, document, paired, effects)

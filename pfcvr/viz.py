@@ -154,6 +154,28 @@ def train_history_figure(rows: list[dict], path, title: str = "training") -> Non
     save_figure(fig, path)
 
 
+def pretrain_figure(history: list[dict], path, oracle_val_R1: float | None = None,
+                    title: str = "pretrain: CLIP-style pretraining of the tiny backbone") -> None:
+    """Pretraining curves: mean InfoNCE loss per checkpoint interval, and the zero-shot val
+    Rank-1 of each checkpoint (``history`` rows ``step``, ``loss``, ``val_R1``), with the
+    type+colour attribute oracle on val as a reference line when given."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    steps = [r["step"] for r in history]
+    a.plot(steps, [r["loss"] for r in history], marker="o", markersize=3)
+    a.set_title("contrastive loss (mean since last checkpoint)", fontsize=10)
+    b.plot(steps, [r["val_R1"] for r in history], marker="o", markersize=3, label="zero-shot")
+    if oracle_val_R1 is not None:
+        b.axhline(oracle_val_R1, color="grey", ls="--", label="type+colour oracle")
+        b.legend(fontsize=8)
+    b.set_title("zero-shot val Rank-1 (%) per checkpoint", fontsize=10)
+    for ax in (a, b):
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 PART_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
@@ -251,15 +273,32 @@ def topk_figure(items: list[dict], path, title: str = "Top-k retrieval") -> None
     ``items``: ``[{caption: str, target: uint8 [H, W, 3] or None, images: [uint8 [H, W, 3]],
     correct: [bool or None], scores: [float], label: str (optional row note)}]``; a ``None``
     in ``correct`` (no ground truth, e.g. `pfcvr search`) gets a grey frame.
+
+    Optional ground-truth explanation (synthetic data, from
+    :func:`pfcvr.engine.evaluate_variant.topk_figure_items`): ``n_facts`` (int, facts the caption
+    states), ``n_matched`` ([int] per image, facts visible and true in it), ``explain`` ([[str]]
+    per image: ``"✗ <attribute>: <stated>≠<true>"`` / ``"? <part> (not visible)"`` lines) and
+    ``target_matched`` / ``target_explain`` for the described image. Each image then says
+    ``matches m/n stated`` and its lines under the rank; the figure gets taller, its labels
+    smaller, and a footnote reads the notation.
     """
     import textwrap
 
     k = max((len(it["images"]) for it in items), default=1)
     has_target = any(it.get("target") is not None for it in items)
+    explained = any("explain" in it for it in items)
     ncol = 1 + int(has_target) + k
-    widths = [2.1] + [1.0] * (ncol - 1)
+    if explained:   # room for "matches m/n stated" + up to 3 lines of ~32 characters per image
+        n_lines = 2 + max((len(e) for it in items for e in
+                           [*it.get("explain", []), it.get("target_explain", [])]), default=0)
+        unit, row_h, label_size, wrap = 1.65, 1.75 + 0.13 * n_lines, 6.5, 38
+        widths = [1.7] + [1.0] * (ncol - 1)
+    else:
+        unit, row_h, label_size, wrap = 1.25, 1.55, 7.5, 34
+        widths = [2.1] + [1.0] * (ncol - 1)
+    foot = 0.3 if explained else 0.0
     fig, axes = plt.subplots(len(items), ncol, squeeze=False,
-                             figsize=(sum(widths) * 1.25, 1.55 * len(items) + 0.6),
+                             figsize=(sum(widths) * unit, row_h * len(items) + 0.6 + foot),
                              gridspec_kw={"width_ratios": widths})
 
     def framed(ax, img, color, label):
@@ -269,18 +308,24 @@ def topk_figure(items: list[dict], path, title: str = "Top-k retrieval") -> None
         for s in ax.spines.values():
             s.set_edgecolor(color)
             s.set_linewidth(4)
-        ax.set_xlabel(label, fontsize=7.5, color=color)
+        ax.set_xlabel(label, fontsize=label_size, color=color, linespacing=1.15)
+
+    def why(it, matched, lines) -> str:
+        if "explain" not in it or not it.get("n_facts"):
+            return ""
+        return "\n" + "\n".join([f"matches {matched}/{it['n_facts']} stated", *lines])
 
     for row, it in zip(axes, items):
         text_ax = row[0]
         text_ax.axis("off")
         note = f"\n({it['label']})" if it.get("label") else ""
-        text_ax.text(0.0, 0.5, textwrap.fill(f"\u201c{it['caption']}\u201d", 34) + note,
+        text_ax.text(0.0, 0.5, textwrap.fill(f"\u201c{it['caption']}\u201d", wrap) + note,
                      fontsize=8, va="center", ha="left", transform=text_ax.transAxes, wrap=True)
         col = 1
         if has_target:
             if it.get("target") is not None:
-                framed(row[col], it["target"], "tab:blue", "described image")
+                framed(row[col], it["target"], "tab:blue", "described image"
+                       + why(it, it.get("target_matched"), it.get("target_explain", [])))
             else:
                 row[col].axis("off")
             col += 1
@@ -293,10 +338,16 @@ def topk_figure(items: list[dict], path, title: str = "Top-k retrieval") -> None
             if ok is None:  # no ground truth (a free search query): neutral frame
                 framed(ax, it["images"][j], "0.45", f"#{j + 1}  score {it['scores'][j]:.2f}")
             else:
+                extra = why(it, it["n_matched"][j], it["explain"][j]) if "explain" in it else ""
                 framed(ax, it["images"][j], "tab:green" if ok else "tab:red",
-                       f"#{j + 1} {'right' if ok else 'wrong'} {it['scores'][j]:.2f}")
+                       f"#{j + 1} {'right' if ok else 'wrong'} {it['scores'][j]:.2f}" + extra)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if explained:
+        fig.text(0.5, 0.01, "matches m/n stated: of the n facts the caption states, m are visible "
+                 "and true in that image;  \u2717 attribute: stated\u2260true (caption says \u2260 "
+                 "image has);  ? part (not visible): the caption names a part that image does "
+                 "not show", ha="center", va="bottom", fontsize=7, color="0.25")
+    fig.tight_layout(rect=(0, foot / fig.get_figheight(), 1, 1))
     save_figure(fig, path)
 
 

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     outputs = (args.out_md, args.out_json, args.figure)
     with stage_run("report", params) as run:
-        report = ablation_report(params, args.metrics, args.data_stats)
+        report = ablation_report(params, args.metrics, args.data_stats,
+                                 paths.PRETRAIN_REPORTS / "stats.json")
         write_text(args.out_md, report.markdown)
         write_json(args.out_json, report.document)
         viz.ablation_figure(report.figure_data, args.figure, mde=report.mde_values)

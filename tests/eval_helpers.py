@@ -13,7 +13,7 @@ from pfcvr.config import load_params, set_dotted
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {
-    "model.image_size": 48, "model.patch_size": 12, "model.embed_dim": 32,
+    "model.backbone": "tiny", "model.image_size": 48, "model.patch_size": 12, "model.embed_dim": 32,
     "model.tiny.vision_width": 32, "model.tiny.vision_layers": 1, "model.tiny.vision_heads": 2,
     "model.tiny.text_width": 32, "model.tiny.text_layers": 1, "model.tiny.text_heads": 2,
     "model.tiny.vocab_size": 600, "model.tiny.context_length": 32,
@@ -23,7 +23,8 @@ TINY_MODEL = {
     "model.mim_decoder.ffn_dim": 32,
 }
 TINY_DATA = {"data.synthetic.n_ids": 16, "data.synthetic.images_per_id": 2,
-             "data.synthetic.image_size": 48, "data.synthetic.family_size": 2}
+             "data.synthetic.image_size": 48, "data.synthetic.family_size": 2,
+             "data.synthetic.split": {"train": 0.6, "val": 0.15, "test": 0.25}}
 
 
 def write_params(path: Path, overrides: dict) -> Path:

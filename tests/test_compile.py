@@ -40,8 +40,8 @@ def tiny_model(**model_overrides):
     from pfcvr.config import load_params
     from pfcvr.model import build_model, build_tokenizer
 
-    params = load_params(ROOT / "params.yaml",
-                         overrides={f"model.{k}": v for k, v in model_overrides.items()})
+    params = load_params(ROOT / "params.yaml", overrides={
+        "model.backbone": "tiny", **{f"model.{k}": v for k, v in model_overrides.items()}})
     torch.manual_seed(0)
     return build_model(params.model, 4, build_tokenizer(params.model, CAPTIONS * 3)).train()
 

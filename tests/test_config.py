@@ -171,13 +171,13 @@ def test_an_integer_is_accepted_for_a_float(raw):
 
 def test_synthetic_split_fractions_must_sum_to_one(raw):
     assert error_of(raw, {"data.synthetic.split.val": 0.3}) == (
-        "data.synthetic.split={'train': 0.6, 'val': 0.3, 'test': 0.25}: fractions must sum to 1 "
+        "data.synthetic.split={'train': 0.5, 'val': 0.3, 'test': 0.35}: fractions must sum to 1 "
         "(got 1.15)")
     assert error_of(raw, {"data.synthetic.views": {"side_left": 0, "side_right": 0, "front": 0,
                                                    "rear": 0}}) == (
         "data.synthetic.views: at least one view weight must be positive")
     ok = load_params(PARAMS, overrides={"data.synthetic.split.val": 0.0,
-                                        "data.synthetic.split.train": 0.75})
+                                        "data.synthetic.split.train": 0.65})
     assert ok.data.synthetic.split.val == 0.0
 
 
@@ -352,7 +352,7 @@ def write_params(tmp_path: Path, lines: dict[str, str]) -> Path:
 
 def test_small_floats_are_floats_as_in_yaml_1_2(tmp_path):
     """DVC writes 1e-5 as `1e-05`; YAML 1.1 (PyYAML) would read that as the string '1e-05'."""
-    path = write_params(tmp_path, {"  lr: 1.0e-3 ": "  lr: 1e-05   ",
+    path = write_params(tmp_path, {"  lr: 3.0e-4 ": "  lr: 1e-05   ",
                                    "  weight_decay: 4.0e-5\n": "  weight_decay: 4e-05\n",
                                    "  adam_eps: 1.0e-8 ": "  adam_eps: 1e-08  "})
     raw = read_raw(path)
@@ -372,7 +372,7 @@ def test_yaml_1_1_booleans_are_strings(tmp_path):
 def test_read_raw_returns_plain_containers(tmp_path):
     raw = read_raw(PARAMS)
     assert type(raw) is dict and type(raw["train"]["weights"]) is dict
-    assert type(raw["report"]["seeds"]) is list and raw["report"]["seeds"] == [0, 1, 2]
+    assert type(raw["report"]["seeds"]) is list and raw["report"]["seeds"] == [0, 1, 2, 3, 4, 5]
     dup = tmp_path / "params.yaml"
     dup.write_text("seed: 0\nseed: 1\n")
     with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML"):
@@ -442,7 +442,7 @@ def test_a_null_variant_section_overrides_nothing(raw, tmp_path):
                                    "    train:\n    #  weights: {part: 0.0}\n"})
     assert read_raw(path)["ablations"]["no_part"]["train"] is None
     p = load_params(path, variant="no_part")
-    assert p.train.weights.part == 0.2 and p.train.lr == 0.001      # the file's own values
+    assert p.train.weights.part == 0.2 and p.train.lr == 0.0003     # the file's own values
     assert p.description == "without part-level alignment"
     # a null sub-mapping or a null variant overrides nothing either; other keys still apply
     tree = copy.deepcopy(raw)
@@ -451,7 +451,7 @@ def test_a_null_variant_section_overrides_nothing(raw, tmp_path):
     x = parse_params(tree, "x")
     assert x.train.weights.part == 0.2 and x.train.lr == 0.01 and x.model.part_context == "caption"
     empty = parse_params(tree, "empty")
-    assert empty.train == x.train.model_copy(update={"lr": 0.001}) and empty.description == "empty"
+    assert empty.train == x.train.model_copy(update={"lr": 0.0003}) and empty.description == "empty"
 
 
 def test_a_null_leaf_in_a_variant_is_an_error(raw):
@@ -506,3 +506,20 @@ def test_params_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
         load_params(bad)
     assert str(err.value) == (f"{bad}: not valid UTF-8 text (invalid start byte at byte 0); "
                               "save it as UTF-8")
+
+
+def test_report_variants_must_be_defined_once_and_include_full(raw):
+    """Issue 10: `report.variants` picks what dvc repro runs; the other ablations stay defined."""
+    p = parse_params(raw)
+    assert p.report.variants == ["full", "baseline", "no_part", "no_mim", "no_mlm"]
+    assert {"image_context", "random_mim", "no_recovery"} <= set(p.ablations)
+    assert error_of(raw, {"report.variants": ["full", "no_such"]}) == (
+        "report.variants[1]='no_such': no such variant; defined in ablations: full, no_part, "
+        "no_mim, no_mlm, no_recovery, baseline, image_context, random_mim")
+    assert error_of(raw, {"report.variants": ["baseline", "no_part"]}) == (
+        "report.variants=['baseline', 'no_part']: must include 'full', the reference every "
+        "variant is compared with")
+    assert error_of(raw, {"report.variants": ["full", "no_part", "no_part"]}) == (
+        "report.variants=['full', 'no_part', 'no_part']: 'no_part' is listed more than once")
+    extra = parse_params(dict(raw, report=dict(raw["report"], variants=["full", "image_context"])))
+    assert extra.report.variants == ["full", "image_context"]

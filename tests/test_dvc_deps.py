@@ -79,7 +79,7 @@ def _dvc_paths(dvc: dict) -> set[str]:
         entries = [d for d in body.get("deps", []) if not str(d).startswith(("pfcvr", "stages"))]
         for key in ("outs", "metrics", "plots"):
             entries += [next(iter(e)) if isinstance(e, dict) else e for e in body.get(key, [])]
-        found |= {str(e).replace("${key}", "full") for e in entries}
+        found |= {str(e).replace("${item}", "full") for e in entries}
     return found
 
 

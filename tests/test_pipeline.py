@@ -42,12 +42,16 @@ TINY = {
     "model.part_decoder": {"layers": 1, "heads": 2, "ffn_dim": 64, "dropout": 0.1},
     "model.mlm_decoder": {"layers": 1, "heads": 2},
     "model.mim_decoder": {"layers": 1, "heads": 2, "head_dim": 16, "ffn_dim": 64},
+    "pretrain.n_ids": 120, "pretrain.steps": 20, "pretrain.warmup_steps": 2,
+    "pretrain.batch_size": 32, "pretrain.eval_every": 10,
     "train.epochs": 2, "train.batch_size": 16,
     "report.seeds": [0, 1],
     "tune.n_trials": 2, "tune.epochs": 1,
 }
-# Keep three variants: the reference, one without a loss, one with an official-code switch.
+# Three variants: the reference, one without a loss, one with an official-code switch (not among
+# the default report.variants: picking it is what `-S report.variants=[...]` does).
 VARIANTS = ("full", "no_part", "random_mim")
+TINY["report.variants"] = list(VARIANTS)
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -75,7 +79,6 @@ def pipeline(tmp_path_factory):
     raw = read_raw(repo / "params.yaml")
     for key, value in TINY.items():
         set_dotted(raw, key, value)
-    raw["ablations"] = {k: v for k, v in raw["ablations"].items() if k in VARIANTS}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     record = repo / "params_read.tsv"
     env = {k: v for k, v in os.environ.items()
@@ -109,11 +112,17 @@ def test_outputs_exist_and_are_sane(pipeline):
             assert (repo / f"models/{variant}/seed{seed}/final/config.json").is_file()
         assert (repo / f"reports/figures/topk_{variant}.png").is_file()
     ablation = json.loads((repo / "reports/ablation.json").read_text())
-    assert set(ablation) == set(VARIANTS) | {"paired", "mde_R1", "mde"}   # issue 10: mde_R1
+    assert set(ablation) == set(VARIANTS) | {"paired", "mde_R1", "mde", "zero_shot"}   # issue 10
+    assert 0.0 <= ablation["zero_shot"]["R1"] <= 100.0
+    assert "| `zero_shot` | pretrained backbone, no fine-tuning" in \
+        (repo / "reports/ablation.md").read_text()
+    pre = json.loads((repo / "reports/pretrain/stats.json").read_text())
+    assert pre["shared_full_attribute_sets_with_benchmark"] == 0 and pre["steps"] == 20
+    assert (repo / "models/pretrained/config.json").is_file()
     assert "no_part" in (repo / "reports/ablation.md").read_text()
     summary = json.loads((repo / "reports/tune/summary.json").read_text())
     assert summary["n_trials"] >= 2 and summary["command"].startswith("dvc exp run -S")
-    for fig in ("data_samples", "part_pairs", "ablation", "tune_history", "train_full"):
+    for fig in ("data_samples", "part_pairs", "pretrain", "ablation", "tune_history", "train_full"):
         assert (repo / f"reports/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -165,7 +174,7 @@ def test_mlflow_runs_and_ui(pipeline, tmp_path):
         runs = server.api("runs/search", {"experiment_ids": [exp["experiment_id"]],
                                           "max_results": 500})["runs"]
     names = {r["info"]["run_name"] for r in runs}
-    expected = {"workspace", "prepare", "parts", "report", "tune"}
+    expected = {"workspace", "prepare", "parts", "pretrain", "zero_shot", "report", "tune"}
     expected |= {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
     assert expected <= names, f"missing runs: {expected - names}"
     parent = next(r for r in runs if r["info"]["run_name"] == "workspace")["info"]["run_id"]
@@ -190,6 +199,8 @@ def test_dvc_exp_run_set_param(pipeline):
     # Only the stages that read train.* (and what depends on them) re-run.
     assert "Running stage 'train@full'" in log and "Running stage 'report'" in log
     assert "Running stage 'prepare'" not in log and "Running stage 'parts'" not in log
+    # issue 10: the pretrained backbone is cached, not retrained, by a fine-tuning override
+    assert "Running stage 'pretrain'" not in log and "Running stage 'zero_shot'" not in log
     shown = json.loads(run([dvc, "exp", "show", "--json"], repo, env).stdout)
     text = json.dumps(shown)
     assert "mask03" in text and "0.3" in text

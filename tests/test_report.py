@@ -75,10 +75,44 @@ def test_diagnosis_against_the_attribute_oracle(tmp_path):
     table = collect(["full", "no_part"], tmp_path)
     deltas = compare(table)
     low = diagnosis(table, deltas, {"oracle_global_R1": 20.0, "oracle_all_R1": 90.0})
-    assert "below the attribute oracle" in low[0] and "training is too short" in low[0]
+    assert "below the attribute oracle" in low[0] and "training are too small" in low[0]
     assert "No variant differs" in low[1]
     high = diagnosis(table, deltas, {"oracle_global_R1": 5.0, "oracle_all_R1": 85.0})
     assert "6 % of the way" in high[0]  # (10 - 5) / (85 - 5)
+    assert "2.00x the type-and-colour oracle" in high[0]   # 10 / 5
+    zs = {m: {"mean": 4.0, "std": 0.0, "runs": [4.0]} for m in METRICS}
+    both = diagnosis(table, deltas, {"oracle_global_R1": 5.0, "oracle_all_R1": 85.0}, zero_shot=zs)
+    assert both[1] == ("- The pretrained backbone alone (zero-shot) reaches test R1 4.0; "
+                       "fine-tuning `full` adds +6.0 points.")
+
+
+def test_zero_shot_row_and_pretraining_line_in_the_report(tmp_path):
+    """Issue 10: the paper's first row (the pretrained backbone, no fine-tuning), one run, no
+    spread and no paired comparison; the pretraining corpus and its disjointness in the setup."""
+    from pfcvr.config import load_params
+    from pfcvr.report import ablation_report
+
+    params = load_params("params.yaml", overrides={"report.variants": ["full", "no_part"]})
+    _write(tmp_path, "full", [30.0, 32.0, 34.0], [20.0, 21.0, 22.0])
+    _write(tmp_path, "no_part", [29.0, 31.0, 32.0], [20.0, 21.0, 22.0])
+    body = {m: {"mean": 12.5, "std": 0.0, "runs": [12.5]} for m in METRICS}
+    write_json(tmp_path / "zero_shot.json", {"best": body, "seeds": [0], "single_seed": True})
+    pre = tmp_path / "pretrain_stats.json"
+    write_json(pre, {"n_images": 8000, "n_ids": 4000, "identity_disjoint_check": "checked",
+                     "shared_full_attribute_sets_with_benchmark": 0, "steps": 2500,
+                     "batch_size": 64, "seconds": 301.2, "final_val_R1": 11.02})
+    rep = ablation_report(params, tmp_path, tmp_path / "no_stats.json", pre)
+    assert "| `zero_shot` | pretrained backbone, no fine-tuning (one model) | 12.5 | 12.5 | 12.5 " \
+           "| 12.5 | 12.5 | — | — |" in rep.markdown
+    assert rep.document["zero_shot"] == {m: 12.5 for m in METRICS}
+    assert "zero_shot" not in rep.paired and list(rep.table) == ["full", "no_part"]
+    assert ("- pretraining (`model.backbone: pretrained`): 8000 corpus images of 4000 vehicles "
+            "with coarse alt-text captions (0 full attribute sets shared with the benchmark's "
+            "identities); 2500 steps of batch 64 in 301 s; zero-shot val R1 11.0") in rep.markdown
+    assert "fine-tuning `full` adds +19.5 points" in rep.markdown
+    (tmp_path / "zero_shot.json").unlink()                 # a run without the zero_shot stage
+    plain = ablation_report(params, tmp_path, tmp_path / "no_stats.json")
+    assert "`zero_shot`" not in plain.markdown and "zero_shot" not in plain.document
 
 
 def test_report_stage_writes_outputs_and_publishes(tmp_path, monkeypatch, capsys):
@@ -89,7 +123,7 @@ def test_report_stage_writes_outputs_and_publishes(tmp_path, monkeypatch, capsys
     from stages import report as stage
 
     params_file = Path(__file__).resolve().parents[1] / "params.yaml"
-    variants = list(load_params(params_file).ablations)
+    variants = list(load_params(params_file).report.variants)
     metrics = tmp_path / "metrics"
     for i, variant in enumerate(variants):
         _write(metrics, variant, [50.0 - i, 52.0 - i, 54.0 - i], [30.0, 30.5, 31.0])

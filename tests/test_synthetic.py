@@ -215,7 +215,7 @@ def test_generate_splits_are_identity_and_family_disjoint(tmp_path):
     for r in recs:
         split_of_family.setdefault(r["attributes"]["family"], set()).add(r["split"])
     assert all(len(s) == 1 for s in split_of_family.values())
-    assert Counter(next(iter(s)) for s in split_of_family.values()) == {"train": 6, "val": 2, "test": 2}
+    assert Counter(next(iter(s)) for s in split_of_family.values()) == {"train": 4, "val": 2, "test": 4}
 
 
 def test_view_mix_is_respected(tmp_path):

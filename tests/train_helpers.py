@@ -177,6 +177,7 @@ def ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
 TINY = {
     "data.synthetic.n_ids": 24, "data.synthetic.images_per_id": 3,
     "data.synthetic.family_size": 3, "data.synthetic.image_size": 48,
+    "model.backbone": "tiny",
     "model.image_size": 48, "model.patch_size": 12, "model.embed_dim": 32,
     "model.tiny": {"vision_width": 32, "vision_layers": 1, "vision_heads": 2, "text_width": 32,
                    "text_layers": 1, "text_heads": 2, "context_length": 32, "vocab_size": 600},

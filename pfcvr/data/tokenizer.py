@@ -34,7 +34,7 @@ from pfcvr.io import atomic_path
 
 PAD, SOT, EOT, MASK = "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|mask|>"
 EOW = "</w>"                      # end-of-word marker of CLIP's BPE
-_META = "pfcvr_tokenizer.json"
+META_FILE = "pfcvr_tokenizer.json"      # special ids + kind; marks a pfcvr-saved tokenizer
 _BACKEND = "tokenizer.json"
 # Words: letters runs, single digits, punctuation runs, English contractions (CLIP's rule).
 _WORD_RE = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -260,22 +260,22 @@ class Tokenizer:
         meta = {"kind": self.kind, "context_length": self.context_length, "pad_id": self.pad_id,
                 "sot_token": self._tokens[0], "eot_token": self._tokens[1],
                 "mask_token": self._tokens[2], "vocab_size": self.vocab_size}
-        with atomic_path(folder / _META) as tmp:
+        with atomic_path(folder / META_FILE) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> "Tokenizer":
         """Restore a tokenizer written by :meth:`save` (offline; nothing is retrained)."""
         folder = Path(folder)
-        for name in (_BACKEND, _META):
+        for name in (_BACKEND, META_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder}: not a saved tokenizer ({name} is missing)")
-        meta = json.loads((folder / _META).read_text())
+        meta = json.loads((folder / META_FILE).read_text())
         tok = cls(_Backend.from_file(str(folder / _BACKEND)), context_length=meta["context_length"],
                   kind=meta["kind"], pad_id=meta["pad_id"], sot_token=meta["sot_token"],
                   eot_token=meta["eot_token"], mask_token=meta["mask_token"])
         if tok.vocab_size != meta["vocab_size"]:
-            raise ValueError(f"{folder / _META}: vocab_size {meta['vocab_size']} does not match "
+            raise ValueError(f"{folder / META_FILE}: vocab_size {meta['vocab_size']} does not match "
                              f"{folder / _BACKEND} ({tok.vocab_size})")
         return tok
 

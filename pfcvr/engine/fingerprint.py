@@ -23,8 +23,9 @@ from typing import Iterable
 from pfcvr.config import flatten
 
 # Keys that do not change what training computes: logs, reports, other stages' settings.
+# train.seed_workers: how many seeds train at once (each seed's result is the same either way).
 COSMETIC = ("ablations.", "report.", "tune.", "tracking.", "train.log_every",
-            "eval.topk_queries", "eval.part_fusion")
+            "train.seed_workers", "eval.topk_queries", "eval.part_fusion")
 
 # Image bytes hashed up to this total size, else size + mtime_ns per file. Measured on the default
 # synthetic data (912 train+val PNGs, 10.4 MB): content 17 ms, stat 3 ms (warm cache). A content
@@ -90,8 +91,13 @@ def backbone_key(backbone: str) -> str:
     """What ``model.backbone`` loads: "" for ``tiny`` (built from params), the files of a local
     folder (path, size, mtime_ns), or the cached snapshot of a hub id (its commit folder; "" when
     not cached, where the download of the hub's current revision decides)."""
+    from pfcvr.model.backbone import PRETRAINED
+    from pfcvr.paths import PRETRAINED as pretrained_folder
+
     if backbone == "tiny":
         return ""
+    if backbone == PRETRAINED:     # the pretrain stage's folder (missing: building the model says so)
+        backbone = str(pretrained_folder)
     folder = Path(backbone).expanduser()
     if folder.is_dir():
         files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -8,13 +8,16 @@ from typing import Any
 class Progress:
     """tqdm bar when stderr is a terminal, else a plain line every ``log_every`` steps/epoch.
 
-    ``mode``: None = decide from the terminal, True = bar, False = silent. ``enabled=False``
-    (every DDP rank but 0) prints nothing. Lines start with ``[<label>]``.
+    ``mode``: None = decide from the terminal, True = bar, False = silent, ``"lines"`` = plain
+    lines even on a terminal (processes that share one stderr, e.g. seeds trained in parallel by
+    ``pfcvr.engine.seeds``). ``enabled=False`` (every DDP rank but 0) prints nothing. Lines start
+    with ``[<label>]``.
     """
 
-    def __init__(self, mode: bool | None, label: str, log_every: int, enabled: bool = True):
+    def __init__(self, mode: bool | str | None, label: str, log_every: int,
+                 enabled: bool = True):
         self.enabled = enabled and mode is not False
-        self.tty = self.enabled and (mode is True or sys.stderr.isatty())
+        self.tty = self.enabled and (mode is True or (mode is None and sys.stderr.isatty()))
         self.label, self.log_every, self.bar = label, log_every, None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:

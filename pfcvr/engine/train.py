@@ -33,7 +33,7 @@ def forward_kwargs(cfg) -> dict[str, Any]:
 
 
 def train_model(params, split_train, split_val, out_dir: str | Path, seed: int, run=None,
-                progress: bool | None = None, *, tokenizer=None, fingerprint: str = "",
+                progress: bool | str | None = None, *, tokenizer=None, fingerprint: str = "",
                 on_epoch: Callable[[dict], None] | None = None,
                 extra: dict[str, Any] | None = None) -> TrainResult:
     """Train PFCVR on ``split_train``, select on ``split_val`` (Rank-1), write to ``out_dir``.
@@ -43,7 +43,8 @@ def train_model(params, split_train, split_val, out_dir: str | Path, seed: int, 
     that ``pfcvr.load`` restores) and ``result.json``; an existing checkpoint with the same
     ``fingerprint`` is resumed. ``tokenizer``: built from the training captions when None.
     ``run``: a pfcvr.tracking StageRun for per-epoch metrics ``seed<k>/<name>``. ``progress``:
-    None = tqdm on a terminal else log lines, True = bar, False = silent.
+    None = tqdm on a terminal else log lines, True = bar, False = silent, ``"lines"`` = log lines
+    even on a terminal.
 
     Raises ValueError before any work when every ``train.weights`` entry is zero, DeviceError
     when ``train.device`` is not available, and what :meth:`Trainer.fit` raises

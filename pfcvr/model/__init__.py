@@ -22,18 +22,22 @@ def build_tokenizer(model_cfg, train_captions):
 
     ``model.backbone: tiny``: a CLIP-style BPE learned offline and deterministically on
     ``train_captions`` (``model.tiny.vocab_size`` entries at most, ``model.tiny.context_length``
-    tokens). Otherwise the checkpoint's own CLIP tokenizer plus ``<|mask|>``, with the text
-    encoder's context length (``train_captions`` unused).
+    tokens). ``pretrained`` (and any folder written by the pretrain stage): the tokenizer saved
+    with it, learned on the pretraining corpus. Otherwise the checkpoint's own CLIP tokenizer
+    plus ``<|mask|>``, with the text encoder's context length (``train_captions`` unused).
     """
-    from pfcvr.data.tokenizer import Tokenizer
+    from pathlib import Path
 
-    name = model_cfg.backbone
+    from pfcvr.data.tokenizer import META_FILE, Tokenizer
+    from pfcvr.model.backbone import backbone_source, checkpoint_location
+
+    name = backbone_source(model_cfg.backbone)
     if name == "tiny":
         return Tokenizer.train(train_captions, model_cfg.tiny.vocab_size,
                                model_cfg.tiny.context_length)
+    if (Path(name) / META_FILE).is_file():    # a pfcvr-pretrained CLIP keeps its own BPE
+        return Tokenizer.load(name)
     from transformers import CLIPConfig
-
-    from pfcvr.model.backbone import checkpoint_location
 
     local = checkpoint_location(name)
     try:

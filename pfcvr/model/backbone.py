@@ -17,7 +17,8 @@ Attention is PyTorch's fused ``scaled_dot_product_attention`` (causal for text, 
 Everything works under bf16 autocast.
 
 ``build_clip``: ``model.backbone: tiny`` builds a randomly initialised ``CLIPModel`` from
-``model.tiny.*``; any other value is a transformers id or local folder loaded with
+``model.tiny.*``; ``pretrained`` loads the pretrain stage's folder (``models/pretrained``, the
+tiny CLIP after CLIP-style pretraining, pfcvr.pretrain); any other value is a transformers id or local folder loaded with
 ``from_pretrained``; its vision position grid is bilinearly resized to ``model.image_size`` and
 its text token embeddings grow to the tokenizer's vocabulary (the added ``<|mask|>``).
 """
@@ -214,6 +215,26 @@ def grow_vocabulary(clip: nn.Module, vocab_size: int) -> None:
     clip.text_model.config.vocab_size = vocab_size
 
 
+PRETRAINED = "pretrained"
+
+
+def backbone_source(name: str) -> str:
+    """What ``model.backbone`` names, as a loadable source: ``tiny`` stays ``tiny``;
+    ``pretrained`` is the pretrain stage's folder (``pfcvr.paths.PRETRAINED``, relative to the
+    repository root where DVC runs the stages); anything else is a transformers id or folder.
+
+    Raises OSError when ``pretrained`` is named but the pretrain stage has not run.
+    """
+    if name != PRETRAINED:
+        return name
+    from pfcvr.paths import PRETRAINED as folder
+
+    if not (folder / "config.json").is_file():
+        raise OSError(f"model.backbone=pretrained: {folder}/ holds no pretrained backbone; run the "
+                      f"pretrain stage first (`dvc repro pretrain`), or set model.backbone: tiny")
+    return str(folder)
+
+
 def checkpoint_location(name: str) -> bool:
     """True when ``model.backbone`` names a local folder (loaded with ``local_files_only``);
     a local folder must hold a transformers ``config.json``."""
@@ -229,7 +250,7 @@ def build_clip(model_cfg, tokenizer) -> nn.Module:
     from transformers import CLIPModel
     from transformers.utils import logging as hf_logging
 
-    name = model_cfg.backbone
+    name = backbone_source(model_cfg.backbone)
     if name == "tiny":
         return CLIPModel(tiny_clip_config(model_cfg, tokenizer))
     local = checkpoint_location(name)

@@ -21,7 +21,9 @@ of worker processes. Images are written as PNG without timestamps.
 
 Modules, one job each: ``vocabulary`` (types, colours, part attributes, views), ``identities``
 (families and splits), ``captions`` (witness captions and their facts), ``pen`` and ``vehicles``
-(drawing), ``rendering`` (one camera image and its part regions), ``generator`` (the benchmark).
+(drawing), ``rendering`` (one camera image and its part regions), ``generator`` (the benchmark),
+``corpus`` (the pretraining corpus: many vehicles, coarse alt-text captions, identity-disjoint from
+the benchmark, rendered in memory for the pretrain stage).
 """
 from __future__ import annotations
 

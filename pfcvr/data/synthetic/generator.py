@@ -40,6 +40,30 @@ def _image_job(job: tuple) -> list[dict]:
     return records
 
 
+def render_jobs(fn, jobs: list, n_images: int, workers: int | None, per_worker: int,
+                progress=None) -> list:
+    """``fn(job)`` -> list of outputs, for every job in order, concatenated: in this process, or
+    in ``workers`` (default: all cores) spawned processes, at most one per ``per_worker`` of the
+    ``n_images`` the jobs make (a small set renders faster in one process). The output does not
+    depend on the number of processes. ``progress``: optional callable(outputs so far)."""
+    workers = workers or os.cpu_count() or 1
+    workers = max(1, min(workers, n_images // per_worker))
+    out: list = []
+    if workers == 1:
+        for job in jobs:
+            out += fn(job)
+            if progress:
+                progress(len(out))
+        return out
+    # spawn: safe even when the caller has imported torch (fork + threads can deadlock)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for part in pool.imap(fn, jobs, chunksize=8):
+            out += part
+            if progress:
+                progress(len(out))
+    return out
+
+
 def generate(cfg, seed: int, image_dir: str | Path, workers: int | None = None,
              progress=None) -> list[dict]:
     """Generate the synthetic benchmark.
@@ -64,20 +88,7 @@ def generate(cfg, seed: int, image_dir: str | Path, workers: int | None = None,
                      error_rate, str(image_dir)))
     order = {"train": 0, "val": 1, "test": 2}
     jobs.sort(key=lambda j: (order[j[2]], j[1]))
-    workers = workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(jobs) * per_id // IMAGES_PER_WORKER))
-    records: list[dict] = []
-    if workers == 1:
-        for j in jobs:
-            records += _image_job(j)
-            if progress:
-                progress(len(records))
-    else:
-        # spawn: safe even when the caller has imported torch (fork + threads can deadlock)
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for recs in pool.imap(_image_job, jobs, chunksize=8):
-                records += recs
-                if progress:
-                    progress(len(records))
+    records = render_jobs(_image_job, jobs, len(jobs) * per_id, workers, IMAGES_PER_WORKER,
+                          progress)
     return records
 
