@@ -326,6 +326,10 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     _validate_space(raw, base.model_dump())
     _validate_seeds(list(raw["report"]["seeds"]))
     _validate_variants(list(raw["report"]["variants"]), raw["ablations"])
+    steps, warmup = raw["pretrain"]["steps"], raw["pretrain"]["warmup_steps"]
+    if warmup >= steps:
+        raise ConfigError(f"pretrain.warmup_steps={warmup}: must be below pretrain.steps={steps} "
+                          "(the warm-up would never end); lower it, e.g. to a tenth of the steps")
     if variant is None:
         return base
     merged = parse_section(Params, _merge_variant(raw, variant))

@@ -148,7 +148,11 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             history, step = state["history"], state["step"]
+            t0 -= history[-1]["seconds"] if history else 0.0   # seconds count the whole run
             print(f"[pretrain] resuming at step {step} of {p.steps}", flush=True)
+        else:
+            print(f"[pretrain] {ckpt} was written for other params, data or code: starting over",
+                  flush=True)
     scale = 1.0 / m.temperature
     n_caps = p.captions_per_image
     from tqdm.auto import tqdm

@@ -175,3 +175,37 @@ def test_pretrained_backbone_before_the_pretrain_stage_is_a_one_line_error(tmp_p
                                       r"pretrained backbone; run the pretrain stage first"):
         backbone_source("pretrained")
     assert backbone_source("tiny") == "tiny"
+
+
+def test_zero_shot_of_the_tiny_backbone_is_a_chance_level_row(project, monkeypatch):
+    """`-S model.backbone=tiny` keeps the zero_shot stage working: its tokenizer is learned on the
+    training captions (as training does) and the random network's row measures chance."""
+    from pfcvr.engine.zero_shot import zero_shot_document
+
+    monkeypatch.chdir(project)
+    params = load_params(project / "params.yaml")
+    assert params.model.backbone == "tiny"
+    doc = zero_shot_document(params, "data/prepared", "data/parts/parts.json")
+    assert doc["backbone"] == "tiny" and 0.0 <= doc["best"]["R1"]["mean"] <= 100.0
+
+
+def test_a_warm_up_as_long_as_the_pretraining_is_refused(project):
+    from pfcvr.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^pretrain.warmup_steps=6: must be below "
+                                          r"pretrain.steps=6 \(the warm-up would never end\)"):
+        load_params(project / "params.yaml", overrides={"pretrain.warmup_steps": 6})
+
+
+def test_a_checkpoint_of_other_params_is_not_resumed_and_says_so(project, tmp_path, capsys):
+    from pfcvr.pretrain import pretrain
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save({"key": "written-for-other-params", "step": 4}, cache / "checkpoint.pt")
+    params = load_params(project / "params.yaml", overrides={"pretrain.steps": 2,
+                                                              "pretrain.eval_every": 2})
+    result = pretrain(params, prepared=project / "data/prepared",
+                      parts=project / "data/parts/parts.json", cache=cache, progress=False)
+    assert "was written for other params, data or code: starting over" in capsys.readouterr().out
+    assert [r["step"] for r in result.history] == [2]

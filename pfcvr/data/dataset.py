@@ -300,7 +300,8 @@ class ImageTextDataset(Dataset):
             warnings.warn(f"{len(over)} of {len(counts)} captions of split {self.data.split!r} "
                           f"are longer than the model's context length of {context_length} "
                           f"tokens (longest {max(over)}) and are cut: their end is not read "
-                          "(raise model.tiny.context_length for the tiny backbone)", stacklevel=3)
+                          "(raise model.tiny.context_length for the tiny and pretrained backbones; "
+                          "the pretrain stage then runs again)", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.captions)

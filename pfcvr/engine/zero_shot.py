@@ -34,8 +34,11 @@ def zero_shot_document(params, prepared: str | Path, parts: str | Path,
     from pfcvr.model.global_encoder import GlobalEncoder
 
     test = load_split(prepared, parts, "test")
-    torch.manual_seed(params.seed)        # `tiny` is random: zero-shot then measures chance
-    tokenizer = build_tokenizer(params.model, [])
+    torch.manual_seed(params.seed)        # `tiny` is random: its row then measures chance
+    # `tiny` learns its BPE on the training captions, as training does; the checkpoints bring theirs
+    captions = load_split(prepared, parts, "train").captions()[0] \
+        if params.model.backbone == "tiny" else []
+    tokenizer = build_tokenizer(params.model, captions)
     backbone = CLIPBackbone(build_clip(params.model, tokenizer),
                             cls_pos_quirk=params.model.cls_pos_quirk)
     model = GlobalEncoder(backbone, tokenizer)
