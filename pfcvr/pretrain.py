@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from pfcvr.data.dataset import normalize
 from pfcvr.engine import fingerprint as FP
 from pfcvr.engine.loader import mix_seeds
-from pfcvr.io import atomic_path, read_json, write_json, write_text
+from pfcvr.io import read_json, write_json, write_text
 
 STREAM = 104729            # torch seed tag of pretraining (batch order, flips, caption choice)
 CHECKPOINT = "checkpoint.pt"
+HISTORY_COLUMNS = ("step", "loss", "lr", "val_R1", "seconds")   # reports/pretrain/history.tsv
 
 
 @dataclass
@@ -48,12 +50,12 @@ class PretrainResult:
     tokenizer: Any
 
 
-def benchmark_identity_keys(prepared: Path) -> list[tuple] | None:
-    """Full attribute sets of every benchmark identity (all splits), or None when the prepared
-    data carries no attributes (a real dataset: disjointness cannot be checked)."""
-    from pfcvr.data.synthetic.corpus import identity_key
+def benchmark_identity_keys(records: list[dict]) -> list[tuple] | None:
+    """Full attribute sets of every benchmark identity (all splits) of the prepared manifest
+    ``records``, or None when they carry no attributes (a real dataset: disjointness cannot be
+    checked)."""
+    from pfcvr.data.synthetic.identities import identity_key
 
-    records = read_json(Path(prepared) / "manifest.json")
     if not records or any("attributes" not in r for r in records):
         return None
     return sorted({identity_key(r["attributes"]) for r in records})
@@ -108,7 +110,8 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
     from pfcvr.data.oracle import attribute_oracle
     from pfcvr.data.synthetic.corpus import build_corpus
     from pfcvr.data.tokenizer import Tokenizer
-    from pfcvr.engine.checkpoint import rng_state, set_rng_state
+    from pfcvr.engine.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint,
+                                         save_checkpoint)
     from pfcvr.engine.loader import set_cpu_threads
     from pfcvr.engine.optim import WarmupCosine
     from pfcvr.model.backbone import CLIPBackbone, tiny_clip_config
@@ -117,7 +120,8 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
     p, m = params.pretrain, params.model
     set_cpu_threads(params.train.cpu_threads)
     t0 = time.perf_counter()
-    exclude = benchmark_identity_keys(prepared)
+    manifest = read_json(Path(prepared) / "manifest.json")
+    exclude = benchmark_identity_keys(manifest)
     corpus = build_corpus(p.n_ids, p.images_per_id, p.captions_per_image, p.part_rate,
                           m.image_size, params.seed, exclude or ())
     corpus.stats["identity_disjoint_check"] = "checked" if exclude is not None else \
@@ -141,18 +145,19 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
     ckpt = Path(cache) / CHECKPOINT
     history, step = [], 0
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("key") == key:
-            backbone.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
+        try:
+            stale = read_checkpoint(ckpt)["fingerprint"] != key
+        except CheckpointError as err:
+            warnings.warn(f"{err}; pretraining from scratch")
+            stale = None
+        if stale:
+            print(f"[pretrain] {ckpt} was written for other params, data or code: starting over",
+                  flush=True)
+        elif stale is False:
+            state = load_checkpoint(ckpt, model=backbone, optimizer=opt, scheduler=sched)
             history, step = state["history"], state["step"]
             t0 -= history[-1]["seconds"] if history else 0.0   # seconds count the whole run
             print(f"[pretrain] resuming at step {step} of {p.steps}", flush=True)
-        else:
-            print(f"[pretrain] {ckpt} was written for other params, data or code: starting over",
-                  flush=True)
     scale = 1.0 / m.temperature
     n_caps = p.captions_per_image
     from tqdm.auto import tqdm
@@ -184,12 +189,11 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
             if run is not None:
                 run.log_metrics({"pretrain/loss": row["loss"], "pretrain/val_R1": r1}, step=step)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(ckpt) as tmp:
-                torch.save({"key": key, "model": backbone.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "rng": rng_state(), "step": step,
-                            "history": history}, tmp)
+            save_checkpoint(ckpt, model=backbone, optimizer=opt, scheduler=sched, scaler=None,
+                            epoch=step // (len(corpus.images) // p.batch_size), step=step,
+                            best=None, history=history, fingerprint=key)
     bar.close()
-    oracle = attribute_oracle(read_json(Path(prepared) / "manifest.json"), split="val")
+    oracle = attribute_oracle(manifest, split="val")
     stats = {**corpus.stats, "oracle_val_global_R1": oracle.get("oracle_global_R1"),
              "steps": p.steps, "batch_size": p.batch_size,
              "final_val_R1": history[-1]["val_R1"], "best_val_R1": max(r["val_R1"] for r in history),
@@ -206,10 +210,8 @@ def write_outputs(result: PretrainResult, out: Path, reports: Path, figure: Path
     from pfcvr import viz
     from pfcvr.output_set import OutputSet
 
-    cols = ("step", "loss", "lr", "val_R1", "seconds")
-    tsv = "\t".join(cols) + "\n" + "".join(
-        "\t".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n"
-        for r in result.history)
+    from pfcvr.reporting import history_tsv
+
     with OutputSet(out) as outs:
         folder = outs.dir(out)
         history, fig, stats = (outs.file(Path(reports) / "history.tsv"), outs.file(figure),
@@ -217,7 +219,7 @@ def write_outputs(result: PretrainResult, out: Path, reports: Path, figure: Path
         result.clip.save_pretrained(folder)
         result.tokenizer.save(folder)
         write_json(folder / "stats.json", result.stats)
-        write_text(history, tsv)
+        write_text(history, history_tsv(result.history, HISTORY_COLUMNS))
         viz.pretrain_figure(result.history, fig, result.stats.get("oracle_val_global_R1"))
         write_json(stats, result.stats)
     if cache is not None:

@@ -18,18 +18,19 @@ HISTORY_COLUMNS = ("seed", "epoch", "step", "loss", *TERMS, "lr", "val_R1", "val
                    "samples_per_s", "seconds")
 
 
-def history_tsv(rows: list[dict]) -> str:
-    """The training history as TSV text: a header of HISTORY_COLUMNS, then one line per row.
+def history_tsv(rows: list[dict], columns: tuple[str, ...] = HISTORY_COLUMNS) -> str:
+    """A history as TSV text: a header of ``columns``, then one line per row.
 
-    ``rows``: the Trainer's history rows (keys of HISTORY_COLUMNS; missing keys and None are
-    empty cells; floats are written with 6 significant digits).
+    ``rows``: history rows, by default the Trainer's (keys of HISTORY_COLUMNS; the pretrain stage
+    passes its own columns); missing keys and None are empty cells; floats are written with 6
+    significant digits.
     """
     def cell(v) -> str:
         if v is None:
             return ""
         return f"{v:.6g}" if isinstance(v, float) else str(v)
-    lines = ["\t".join(HISTORY_COLUMNS)]
-    lines += ["\t".join(cell(r.get(c)) for c in HISTORY_COLUMNS) for r in rows]
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(cell(r.get(c)) for c in columns) for r in rows]
     return "\n".join(lines) + "\n"
 
 

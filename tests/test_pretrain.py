@@ -48,7 +48,7 @@ def test_corpus_redraws_every_vehicle_that_matches_a_benchmark_identity():
 
 
 def test_corpus_of_a_real_benchmark_shares_no_full_attribute_set(project):
-    bench = benchmark_identity_keys(project / "data/prepared")
+    bench = benchmark_identity_keys(read_json(project / "data/prepared/manifest.json"))
     assert len(bench) == 24                                    # every id of train, val and test
     corpus = build_corpus(60, 2, 2, 0.2, 48, seed=0, exclude=bench, workers=1)
     assert corpus.images.shape == (120, 48, 48, 3) and corpus.images.dtype == np.uint8
@@ -198,13 +198,18 @@ def test_a_warm_up_as_long_as_the_pretraining_is_refused(project):
 
 
 def test_a_checkpoint_of_other_params_is_not_resumed_and_says_so(project, tmp_path, capsys):
+    from pfcvr.engine.checkpoint import save_checkpoint
     from pfcvr.pretrain import pretrain
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    torch.save({"key": "written-for-other-params", "step": 4}, cache / "checkpoint.pt")
     params = load_params(project / "params.yaml", overrides={"pretrain.steps": 2,
                                                               "pretrain.eval_every": 2})
+    layer = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(layer.parameters())
+    save_checkpoint(cache / "checkpoint.pt", model=layer, optimizer=opt, scheduler=None,
+                    scaler=None, epoch=0, step=4, best=None, history=[],
+                    fingerprint="written-for-other-params")
     result = pretrain(params, prepared=project / "data/prepared",
                       parts=project / "data/parts/parts.json", cache=cache, progress=False)
     assert "was written for other params, data or code: starting over" in capsys.readouterr().out

@@ -34,6 +34,12 @@ def _slots(records: list[dict], queries: list[list[dict]]) -> dict[tuple[str, st
     return {k: j for j, k in enumerate(sorted(keys))}
 
 
+def visible_categories(record: dict) -> set[str]:
+    """What a witness can check in one image: the global attributes (type, colour) and the part
+    categories the record's ``parts`` say are visible in it."""
+    return {GLOBAL, *(record.get("parts") or {})}
+
+
 def oracle_similarity(gallery: list[dict], queries: list[list[dict]], scope: str = "all",
                       seed: int = 0) -> np.ndarray:
     """Oracle scores float32 [Nq, Ng].
@@ -46,7 +52,7 @@ def oracle_similarity(gallery: list[dict], queries: list[list[dict]], scope: str
     cols = _slots(gallery, queries)
     g = np.zeros((len(gallery), len(cols)), dtype=np.float32)
     for i, rec in enumerate(gallery):
-        visible = {GLOBAL, *(rec.get("parts") or {})}
+        visible = visible_categories(rec)
         for cat in visible:
             for attr, value in (rec["attributes"].get(cat) or {}).items():
                 g[i, cols[(cat, attr, str(value))]] = 1.0

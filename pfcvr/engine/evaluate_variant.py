@@ -252,7 +252,9 @@ def _explain_facts(facts: Sequence[Mapping], record: Mapping) -> tuple[int, list
     does not show (``"? wheels (not visible)"``), the last line saying ``"… +N more"`` when
     more would not fit.
     """
-    visible = {"global", *(record.get("parts") or {})}
+    from pfcvr.data.oracle import visible_categories
+
+    visible = visible_categories(record)
     truth = record.get("attributes") or {}
     matched, wrong, hidden = 0, [], []
     for f in facts:

@@ -217,47 +217,40 @@ def train_variant(params, variant: str, *, base, prepared: Path, parts: Path, mo
                 write_json(work / "result.json", rd)
         return rd
 
+    decided = {seed: finished(seed) for seed in seeds}
+    todo = [SeedJob(seed, work, fp) for seed, (work, fp, done) in decided.items() if done is None]
     workers = seed_workers(params, info)
-    results: list[dict] = []
-    decided: dict[int, tuple[Path, str, dict | None]] = {}
-    if workers > 1:
-        decided = {seed: finished(seed) for seed in seeds}
+    if workers > 1 and len(todo) >= 2:      # side by side, one spawned process per seed
         by_seed = {seed: done for seed, (_, _, done) in decided.items() if done is not None}
-        todo = [SeedJob(seed, work, fp) for seed, (work, fp, done) in decided.items()
-                if done is None]
-        if len(todo) < 2:
-            workers = 1         # nothing to run side by side: the in-process loop below
-        else:
-            live: dict[int, list[dict]] = {job.seed: [] for job in todo}
+        live: dict[int, list[dict]] = {job.seed: [] for job in todo}
 
-            def rewrite_history() -> None:
-                write_history([r for s in seeds
-                               for r in (by_seed[s]["history"] if s in by_seed else live[s])])
+        def rewrite_history() -> None:
+            write_history([r for s in seeds
+                           for r in (by_seed[s]["history"] if s in by_seed else live[s])])
 
-            def on_epoch(seed: int, row: dict) -> None:
-                live[seed].append(row)
-                rewrite_history()
+        def on_epoch(seed: int, row: dict) -> None:
+            live[seed].append(row)
+            rewrite_history()
 
-            def on_done(job: SeedJob, rd: dict, seconds: float) -> None:
-                by_seed[job.seed] = store_result(job.work, job.fingerprint, rd)
-                log_history(run, job.seed, rd["history"])
-                rewrite_history()
-                print(f"[train@{variant}] {seed_line(rd, seconds)}", flush=True)
+        def on_done(job: SeedJob, rd: dict, seconds: float) -> None:
+            by_seed[job.seed] = store_result(job.work, job.fingerprint, rd)
+            log_history(run, job.seed, rd["history"])
+            rewrite_history()
+            print(f"[train@{variant}] {seed_line(rd, seconds)}", flush=True)
 
-            run_seed_processes(params, todo, workers, train_split=train_split,
-                               val_split=val_split, tokenizer=tokenizer_for_seeds(),
-                               extra=extra, progress=False if progress is False else "lines",
-                               on_epoch=on_epoch, on_done=on_done)
-            results = [by_seed[s] for s in seeds]
-    if workers == 1:            # in-process, one seed after another (as before seed_workers)
-        tokenizer = None
+        run_seed_processes(params, todo, workers, train_split=train_split,
+                           val_split=val_split, tokenizer=tokenizer_for_seeds(),
+                           extra=extra, progress=False if progress is False else "lines",
+                           on_epoch=on_epoch, on_done=on_done)
+        results = [by_seed[s] for s in seeds]
+    else:                       # in-process, one seed after another (as before seed_workers)
+        results: list[dict] = []
+        tokenizer = tokenizer_for_seeds() if todo else None
         for seed in seeds:
-            work, fp, done = decided[seed] if decided else finished(seed)
+            work, fp, done = decided[seed]
             if done is not None:
                 results.append(done)
                 continue
-            if tokenizer is None:
-                tokenizer = tokenizer_for_seeds()
             live_rows: list[dict] = []
 
             def on_seed_epoch(row: dict) -> None:

@@ -16,10 +16,10 @@ from typing import Iterable
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
-from pfcvr.data.synthetic.captions import _choose_said, _phrase, _pick, _TYPE_WORDS, _word
+from pfcvr.data.synthetic.captions import (_article, _choose_said, _phrase, _pick, _TYPE_WORDS,
+                                           _word)
 from pfcvr.data.synthetic.generator import render_jobs
-from pfcvr.data.synthetic.identities import _sample_parts
+from pfcvr.data.synthetic.identities import _sample_parts, identity_key
 from pfcvr.data.synthetic.rendering import render
 from pfcvr.data.synthetic.vocabulary import BODY_COLOURS, GLOBAL, TYPES, VIEWS, VISIBLE_PARTS
 
@@ -33,16 +33,6 @@ _VIEW_WORDS = {"side_left": ("side view", "seen from the side", "profile"),
 # Alt-text frames: {v} = "red sedan", {w} = view words, {p} = an optional part phrase.
 _ALT = ("{a} {v}", "photo of {a} {v}", "{a} {v}, {w}", "{v} {w}", "{a} {v} on the road",
         "street photo of {a} {v} {w}", "{a} parked {v}", "{v}")
-
-
-def identity_key(attrs: dict) -> tuple:
-    """The full attribute set of an identity: (type, colour, every part attribute value)."""
-    return (attrs[GLOBAL]["type"], attrs[GLOBAL]["colour"],
-            tuple(v for c in PART_CATEGORIES for v in attrs[c].values()))
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def alt_text(attrs: dict, view: str, rng: np.random.Generator, part_rate: float) -> str:

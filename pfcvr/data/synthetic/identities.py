@@ -32,6 +32,12 @@ def _n_differences(a: dict, b: dict, categories: Sequence[str]) -> int:
     return sum(a[c][k] != b[c][k] for c in categories for k in a[c])
 
 
+def identity_key(attrs: dict) -> tuple:
+    """The full attribute set of an identity: (type, colour, every part attribute value)."""
+    return (attrs[GLOBAL]["type"], attrs[GLOBAL]["colour"],
+            tuple(v for c in PART_CATEGORIES for v in attrs[c].values()))
+
+
 def sample_identities(n_ids: int, family_size: int, rng: np.random.Generator) -> list[dict]:
     """Attributes of ``n_ids`` identities in families of ``family_size`` (the last may be smaller).
 
@@ -48,8 +54,7 @@ def sample_identities(n_ids: int, family_size: int, rng: np.random.Generator) ->
         for _ in range(min(family_size, n_ids - family * family_size)):
             for _attempt in range(1000):
                 parts = _sample_parts(rng)
-                key = (glob["type"], glob["colour"],
-                       tuple(v for c in PART_CATEGORIES for v in parts[c].values()))
+                key = identity_key({GLOBAL: glob, **parts})
                 if key not in seen and all(
                         _n_differences(parts, m, SIDE_PARTS) >= MIN_FAMILY_DIFF
                         and _n_differences(parts, m, END_PARTS) >= MIN_FAMILY_DIFF
