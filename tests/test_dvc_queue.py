@@ -6,6 +6,11 @@ the stages find it: `DVC_ROOT`, no MLFLOW_TRACKING_URI). On a fresh clone (no ml
 five times: both experiments finish every time, the store holds one experiment, and each DVC
 experiment's parent run is FINISHED (so is `workspace` after `dvc repro`), also as a real
 `mlflow server` (what the UI reads) reports it.
+
+DVC's celery queue itself sometimes hangs with several workers: a task stays queued for ever
+(treeverse/dvc#10398 and #10428, open; one cause is a worker dying on a half-written kombu message).
+A round that hangs is stopped after RUN_ALL_TIMEOUT, its workers are killed, and it runs once more
+in a fresh clone, with a warning; every assertion applies to the round that finishes.
 """
 from __future__ import annotations
 
@@ -13,13 +18,16 @@ import os
 import sqlite3
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
+RUN_ALL_TIMEOUT = 300      # seconds; a round takes about 20 s on 2 cores
 
 STAGE = '''\
 import yaml
@@ -59,6 +67,39 @@ def fresh_project(path: Path, env: dict) -> None:
     sh(["git", "commit", "-qm", "init"], path, env)
 
 
+def kill_workers(repo: Path) -> int:
+    """Kill every process working in ``repo`` (DVC's queue workers and their stages); the count."""
+    killed = 0
+    for proc in psutil.process_iter(["cwd"]):
+        try:
+            if proc.info["cwd"] and Path(proc.info["cwd"]).is_relative_to(repo):
+                proc.kill()
+                killed += 1
+        except psutil.Error:
+            pass
+    return killed
+
+
+class QueueHung(AssertionError):
+    """`dvc exp run --run-all` did not return within RUN_ALL_TIMEOUT (module doc)."""
+
+
+def queued_round(repo: Path, env: dict, dvc: str) -> str:
+    """A fresh clone with experiments a (seed=1) and b (seed=2) queued, then run with 2 workers.
+    Raises QueueHung (its workers killed, their logs in the message) when the queue hangs."""
+    fresh_project(repo, env)
+    sh([dvc, "exp", "run", "--queue", "-S", "seed=1", "-n", "a", "prepare"], repo, env)
+    sh([dvc, "exp", "run", "--queue", "-S", "seed=2", "-n", "b", "prepare"], repo, env)
+    try:
+        return sh([dvc, "exp", "run", "--run-all", "-j", "2"], repo, env, timeout=RUN_ALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        logs = "".join(f.read_text(errors="replace")[-1500:]
+                       for f in repo.glob(".dvc/tmp/exps/celery/*.out"))
+        raise QueueHung(f"{repo.name}: `dvc exp run --run-all -j 2` hung for {RUN_ALL_TIMEOUT} s "
+                        f"(treeverse/dvc#10398); killed {kill_workers(repo)} processes. Worker "
+                        f"logs:\n{logs}") from None
+
+
 def parent_statuses(db: Path) -> dict[str, str]:
     con = sqlite3.connect(db)
     try:
@@ -82,10 +123,12 @@ def test_queued_experiments_in_parallel_on_a_fresh_store(tmp_path):
     dvc = str(BIN / "dvc")
     for k in range(5):
         repo = tmp_path / f"clone{k}"
-        fresh_project(repo, env)
-        sh([dvc, "exp", "run", "--queue", "-S", "seed=1", "-n", "a", "prepare"], repo, env)
-        sh([dvc, "exp", "run", "--queue", "-S", "seed=2", "-n", "b", "prepare"], repo, env)
-        log = sh([dvc, "exp", "run", "--run-all", "-j", "2"], repo, env, timeout=900)
+        try:
+            log = queued_round(repo, env, dvc)
+        except QueueHung as hung:           # DVC's queue hung (module doc): once more
+            warnings.warn(f"{hung}\nrunning round {k} again")
+            repo = tmp_path / f"clone{k}-again"
+            log = queued_round(repo, env, dvc)
         assert "Traceback" not in log and "duplicate column" not in log, log[-3000:]
         shown = sh([dvc, "exp", "show", "--no-pager", "--csv"], repo, env)
         assert sum(line.split(",")[0] in ("a", "b") and "Success" in line
