@@ -153,44 +153,52 @@ def supervised_probe(params, prepared: Path, parts: Path, steps: int, seed: int 
     return out
 
 
+def fact_agreement(records: list[dict], top: list[int]) -> dict[str, tuple[float, float, int]]:
+    """Per kind of stated fact (``type``, ``roof.colour`` ...) of the captions of ``records`` (one
+    split, queries in record then caption order), given each query's top-1 gallery index ``top``
+    into ``records``: the share (%) of those facts that the top-1 image shows (visible and true),
+    the same share averaged over the wrong images that have the caption's true type and colour,
+    and the number of facts in the first share: ``{kind: (top-1 %, same type+colour %, n)}``.
+    A fact about a part an image does not show counts in neither share for that image."""
+    shown = [visible_attributes(r) for r in records]
+    by_tc = defaultdict(list)
+    for i, r in enumerate(records):
+        by_tc[(r["attributes"][GLOBAL]["type"], r["attributes"][GLOBAL]["colour"])].append(i)
+    queries = [(i, fs) for i, r in enumerate(records) for fs in r["caption_facts"]]
+    if len(top) != len(queries):
+        raise ValueError(f"{len(top)} top-1 indices for {len(queries)} captions")
+    hits, base = defaultdict(list), defaultdict(list)
+    for (i, fs), t in zip(queries, top):
+        true = records[i]["attributes"][GLOBAL]
+        wrong = [j for j in by_tc[(true["type"], true["colour"])]
+                 if records[j]["id"] != records[i]["id"]]
+        for f in fs:
+            kind = f["attribute"] if f["category"] == GLOBAL else f"{f['category']}.{f['attribute']}"
+            value = str(f["value"])
+            if kind in shown[t]:
+                hits[kind].append(shown[t][kind] == value)
+            rates = [shown[j][kind] == value for j in wrong if kind in shown[j]]
+            if rates:
+                base[kind].append(float(np.mean(rates)))
+    return {k: (100 * float(np.mean(hits[k])), 100 * float(np.mean(base[k])) if base[k] else
+                float("nan"), len(hits[k])) for k in sorted(hits)}
+
+
 def top1_agreement(model_folder: Path, prepared: Path, parts: Path, split: str = "val",
                    batch_size: int = 128) -> dict[str, tuple[float, float, int]]:
-    """Per kind of stated fact (``type``, ``roof.colour`` ...): the share (%) of queries whose
-    top-1 ``split`` image shows it (visible and true), the same share averaged over the wrong
-    images that have the caption's type and colour, and the number of such facts:
-    ``{kind: (model %, same type+colour %, n)}``. Facts about a part the image does not show
-    are left out of both shares."""
+    """:func:`fact_agreement` of a trained model (a ``pfcvr.load`` folder) on ``split``: every
+    caption ranks the split's images by the global cosine, as evaluation does."""
     from pfcvr.data.dataset import ImageDataset, load_split
     from pfcvr.engine.encode import encode_gallery, encode_queries
     from pfcvr.model.io import load_model
 
     model = load_model(model_folder)
     data = load_split(prepared, parts, split)
-    recs = split_records(data.records, split)
+    records = split_records(data.records, split)
     images = ImageDataset(data, model.image_size, model.image_size // model.grid_size)
     gallery = encode_gallery(model, images, batch_size, "cpu")
-    captions, qids, q_image = data.captions()
-    queries = encode_queries(model, captions, batch_size, "cpu")
-    top = (queries.features @ gallery.features.T).argmax(1).tolist()
-    shown = [visible_attributes(r) for r in recs]
-    by_tc = defaultdict(list)
-    for i, r in enumerate(recs):
-        by_tc[(r["attributes"][GLOBAL]["type"], r["attributes"][GLOBAL]["colour"])].append(i)
-    facts = [fs for r in recs for fs in r["caption_facts"]]
-    hits, base = defaultdict(list), defaultdict(list)
-    for q, fs in enumerate(facts):
-        true = recs[int(q_image[q])]["attributes"][GLOBAL]
-        wrong = [j for j in by_tc[(true["type"], true["colour"])] if data.ids[j] != int(qids[q])]
-        for f in fs:
-            kind = f["attribute"] if f["category"] == GLOBAL else f"{f['category']}.{f['attribute']}"
-            value = str(f["value"])
-            if kind in shown[top[q]]:
-                hits[kind].append(shown[top[q]][kind] == value)
-            rates = [shown[j][kind] == value for j in wrong if kind in shown[j]]
-            if rates:
-                base[kind].append(float(np.mean(rates)))
-    return {k: (100 * float(np.mean(hits[k])), 100 * float(np.mean(base[k])) if base[k] else
-                float("nan"), len(hits[k])) for k in sorted(hits)}
+    queries = encode_queries(model, data.captions()[0], batch_size, "cpu")
+    return fact_agreement(records, (queries.features @ gallery.features.T).argmax(1).tolist())
 
 
 def _dumbbell(ax, rows: dict[str, tuple[float, float]], labels: tuple[str, str], title: str) -> None:
@@ -199,8 +207,9 @@ def _dumbbell(ax, rows: dict[str, tuple[float, float]], labels: tuple[str, str],
     y = range(len(keys))
     first, second = [rows[k][0] for k in keys], [rows[k][1] for k in keys]
     ax.hlines(y, second, first, color="lightgrey", zorder=1)
-    ax.scatter(second, y, facecolors="white", edgecolors="grey", label=labels[1], zorder=2)
-    ax.scatter(first, y, color="tab:blue", label=labels[0], zorder=3)
+    ax.scatter(second, y, facecolors="white", edgecolors="grey", label=labels[1], zorder=2,
+               clip_on=False)
+    ax.scatter(first, y, color="tab:blue", label=labels[0], zorder=3, clip_on=False)
     ax.set_yticks(list(y), keys, fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_title(f"{title} (%)", fontsize=10)
@@ -251,17 +260,29 @@ def learnability_figure(oracles: dict[str, dict[str, float]], path: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(paths.PARAMS))
-    ap.add_argument("--prepared", default=str(paths.PREPARED))
-    ap.add_argument("--parts", default=str(paths.PARTS))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--params", default=str(paths.PARAMS),
+                    help="params.yaml of the run (model.tiny, train.hflip, cpu_threads, seed)")
+    ap.add_argument("--prepared", default=str(paths.PREPARED),
+                    help="prepared benchmark folder (the prepare stage's output)")
+    ap.add_argument("--parts", default=str(paths.PARTS), help="the parts stage's parts.json")
     ap.add_argument("--steps", type=int, default=2000, help="supervised probe steps (0: skip)")
-    ap.add_argument("--model", default=None, help="trained model folder for the top-1 table")
+    ap.add_argument("--model", default=None,
+                    help="trained model folder for the top-1 table, e.g. models/full/seed0/best")
     ap.add_argument("--figure", default=None, help="also draw the three tables in this PNG")
     args = ap.parse_args(argv)
     from pfcvr.engine.loader import set_cpu_threads
     from pfcvr.io import read_json
 
+    if args.steps < 0:
+        ap.error(f"--steps {args.steps}: must be 0 (no probe) or more")
+    figure = Path(args.figure) if args.figure else None
+    if figure is not None and (figure.suffix.lower() != ".png" or figure.is_dir()):
+        ap.error(f"--figure {figure}: must name a .png file")
+    if not Path(args.params).is_file():
+        raise FileNotFoundError(f"{args.params} not found; run from the repository root or pass "
+                                "--params")
     params = load_params(args.params)
     set_cpu_threads(params.train.cpu_threads)
     manifest = Path(args.prepared) / "manifest.json"
@@ -273,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         from pfcvr.model.io import resolve_model_folder
 
         resolve_model_folder(args.model)
+    if figure is not None:
+        try:
+            figure.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--figure {figure}: its folder cannot be created ({err})") from None
 
     print("attribute-subset oracles, Rank-1 % (ratio to type+colour)")
     oracles, probe, top1 = {}, None, None
@@ -294,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         top1 = top1_agreement(Path(args.model), Path(args.prepared), Path(args.parts))
         for k, (hit, base, n) in top1.items():
             print(f"  {k:16s} {hit:5.1f}  ({base:5.1f}; {n})")
-    if args.figure:
-        learnability_figure(oracles, Path(args.figure), probe, top1)
-        print(f"figure: {args.figure}")
+    if figure is not None:
+        learnability_figure(oracles, figure, probe, top1)
+        print(f"figure: {figure}")
     return 0
 
 
