@@ -86,41 +86,38 @@ def visible_attributes(record: dict) -> dict[str, str]:
     return out
 
 
-def _labels(split_data, keys: list[str], values: dict[str, list[str]]) -> torch.Tensor:
-    """long [N, len(keys)]: value index per attribute, -100 where the part is not visible."""
-    rows = []
-    for rec in split_data.records:
-        a = visible_attributes(rec)
-        rows.append([values[k].index(a[k]) if k in a else -100 for k in keys])
-    return torch.tensor(rows, dtype=torch.long)
+def _labels(shown: list[dict[str, str]], keys: list[str], values: dict[str, list[str]]
+            ) -> torch.Tensor:
+    """long [N, len(keys)]: value index per attribute of each image's ``visible_attributes``,
+    -100 where the part is not visible."""
+    return torch.tensor([[values[k].index(a[k]) if k in a else -100 for k in keys] for a in shown],
+                        dtype=torch.long)
 
 
-def supervised_probe(params, prepared: Path, parts: Path, steps: int, seed: int = 0,
+def supervised_probe(params, data: dict, steps: int, seed: int = 0,
                      progress: bool = False) -> dict[str, tuple[float, float]]:
-    """Val accuracy (%) per attribute of ``model.tiny``'s vision tower trained supervised on the
-    train images for ``steps`` AdamW steps of ``PROBE_BATCH`` images (horizontal flips at
-    ``train.hflip``): ``{attribute: (accuracy, majority-class rate)}``."""
+    """Val accuracy (%) per attribute of ``model.tiny``'s vision tower (random init) trained
+    supervised on the train images for ``steps`` AdamW steps of ``PROBE_BATCH`` images (horizontal
+    flips at ``train.hflip``): ``{attribute: (accuracy, majority-class rate)}``. ``data``: the
+    ``train`` and ``val`` SplitData (``pfcvr.data.dataset.load_split``)."""
     from tqdm.auto import tqdm
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from pfcvr.data.dataset import load_split, normalize
+    from pfcvr.data.dataset import normalize
     from pfcvr.engine.optim import WarmupCosine
+    from pfcvr.model.backbone import tiny_vision_config
 
     m = params.model
-    data = {s: load_split(prepared, parts, s) for s in ("train", "val")}
     attrs = {s: [visible_attributes(r) for r in d.records] for s, d in data.items()}
     keys = sorted({k for a in attrs["train"] for k in a})
     values = {k: sorted({a[k] for s in attrs for a in attrs[s] if k in a}) for k in keys}
-    labels = {s: _labels(d, keys, values) for s, d in data.items()}
+    labels = {s: _labels(attrs[s], keys, values) for s in data}
     images = {s: torch.from_numpy(np.stack([d.image_store(m.image_size)[i] for i in range(len(d))]))
               .permute(0, 3, 1, 2) for s, d in data.items()}
     torch.manual_seed(seed)
-    t = m.tiny
-    tower = CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=t.vision_width, intermediate_size=4 * t.vision_width,
-        num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
-        image_size=m.image_size, patch_size=m.patch_size, hidden_act="quick_gelu"))
-    heads = torch.nn.ModuleList(torch.nn.Linear(t.vision_width, len(values[k])) for k in keys)
+    width = m.tiny.vision_width
+    tower = CLIPVisionModel(CLIPVisionConfig(**tiny_vision_config(m)))
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(values[k])) for k in keys)
     opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(steps, max(1, steps // 10)))
     g = torch.Generator().manual_seed(seed)
@@ -184,17 +181,16 @@ def fact_agreement(records: list[dict], top: list[int]) -> dict[str, tuple[float
                 float("nan"), len(hits[k])) for k in sorted(hits)}
 
 
-def top1_agreement(model_folder: Path, prepared: Path, parts: Path, split: str = "val",
-                   batch_size: int = 128) -> dict[str, tuple[float, float, int]]:
-    """:func:`fact_agreement` of a trained model (a ``pfcvr.load`` folder) on ``split``: every
-    caption ranks the split's images by the global cosine, as evaluation does."""
-    from pfcvr.data.dataset import ImageDataset, load_split
+def top1_agreement(model_folder: Path, data, batch_size: int = 128
+                   ) -> dict[str, tuple[float, float, int]]:
+    """:func:`fact_agreement` of a trained model (a ``pfcvr.load`` folder) on the SplitData
+    ``data``: every caption ranks the split's images by the global cosine, as evaluation does."""
+    from pfcvr.data.dataset import ImageDataset
     from pfcvr.engine.encode import encode_gallery, encode_queries
     from pfcvr.model.io import load_model
 
     model = load_model(model_folder)
-    data = load_split(prepared, parts, split)
-    records = split_records(data.records, split)
+    records = split_records(data.records, data.split)
     images = ImageDataset(data, model.image_size, model.image_size // model.grid_size)
     gallery = encode_gallery(model, images, batch_size, "cpu")
     queries = encode_queries(model, data.captions()[0], batch_size, "cpu")
@@ -248,7 +244,7 @@ def learnability_figure(oracles: dict[str, dict[str, float]], path: Path,
     ax.legend(fontsize=7, loc="upper left")
     k = 1
     if probe is not None:
-        _dumbbell(axes[0][k], {a: v for a, v in probe.items()}, ("val accuracy", "majority class"),
+        _dumbbell(axes[0][k], probe, ("val accuracy", "majority class"),
                   "supervised probe of model.tiny's vision tower")
         k += 1
     if top1 is not None:
@@ -306,10 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         r1 = oracles[split] = subset_oracles(records, split)
         ref = r1["type+colour"]
         print(f"  {split:5s}" + "".join(f"  {k} {v:5.1f} ({v / ref:.2f}x)" for k, v in r1.items()))
+    splits = {}                  # SplitData read once for the probe and the top-1 table
+    if args.steps > 0 or args.model:
+        from pfcvr.data.dataset import load_split
+
+        splits = {s: load_split(args.prepared, args.parts, s)
+                  for s in (("train", "val") if args.steps > 0 else ("val",))}
     if args.steps > 0:
         t0 = time.perf_counter()
-        probe = supervised_probe(params, Path(args.prepared), Path(args.parts), args.steps,
-                                 params.seed, progress=sys.stderr.isatty())
+        probe = supervised_probe(params, splits, args.steps, params.seed,
+                                 progress=sys.stderr.isatty())
         print(f"supervised probe: model.tiny vision tower, {args.steps} steps of {PROBE_BATCH} "
               f"train images, {time.perf_counter() - t0:.0f} s; val accuracy % (majority class)")
         for k, (acc, maj) in probe.items():
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         print(f"top-1 val image of {args.model}: share % showing each stated fact "
               "(a wrong image of the same type and colour; facts)")
-        top1 = top1_agreement(Path(args.model), Path(args.prepared), Path(args.parts))
+        top1 = top1_agreement(Path(args.model), splits["val"])
         for k, (hit, base, n) in top1.items():
             print(f"  {k:16s} {hit:5.1f}  ({base:5.1f}; {n})")
     if figure is not None:

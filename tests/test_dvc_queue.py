@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-RUN_ALL_TIMEOUT = 300      # seconds; a round takes about 20 s on 2 cores
+RUN_ALL_TIMEOUT = 300      # seconds; a round takes about 40 s on 2 loaded cores
 
 STAGE = '''\
 import yaml

@@ -66,9 +66,10 @@ def tiny(tmp_path_factory):
 def test_probe_reports_every_attribute_with_its_majority_rate(tiny):
     from pfcvr.data.dataset import load_split
 
-    out = L.supervised_probe(tiny["params"], tiny["prepared"], tiny["parts"], steps=3)
+    data = {s: load_split(tiny["prepared"], tiny["parts"], s) for s in ("train", "val")}
+    out = L.supervised_probe(tiny["params"], data, steps=3)
     assert {"type", "colour"} <= set(out)
-    val = load_split(tiny["prepared"], tiny["parts"], "val").records
+    val = data["val"].records
     types = [r["attributes"]["global"]["type"] for r in val]
     majority = 100 * max(types.count(t) for t in set(types)) / len(types)
     assert out["type"][1] == pytest.approx(majority)
@@ -102,8 +103,9 @@ def test_top1_agreement_counts_every_stated_fact(tiny, tmp_path):
     train = load_split(tiny["prepared"], tiny["parts"], "train")
     model = build_tiny_model(tiny["params"], train.captions()[0])
     folder = save_model(model, tmp_path / "model")
-    out = L.top1_agreement(folder, tiny["prepared"], tiny["parts"], "val")
-    val = load_split(tiny["prepared"], tiny["parts"], "val").records
+    val_split = load_split(tiny["prepared"], tiny["parts"], "val")
+    out = L.top1_agreement(folder, val_split)
+    val = val_split.records
     type_facts = [(r, f) for r in val for fs in r["caption_facts"] for f in fs
                   if f["category"] == "global" and f["attribute"] == "type"]
     hit, base, n = out["type"]

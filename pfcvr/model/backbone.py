@@ -138,11 +138,11 @@ def eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- building
-def tiny_clip_config(model_cfg, tokenizer):
-    """A ``CLIPConfig`` from ``model.tiny.*``, ``model.image_size/patch_size/embed_dim`` and the
-    tokenizer's vocabulary and special ids."""
-    from transformers import CLIPConfig
-
+def tiny_vision_config(model_cfg) -> dict:
+    """The vision tower of ``model.tiny.*`` at ``model.image_size/patch_size/embed_dim``, as
+    ``CLIPVisionConfig`` keyword arguments (also what benchmarks/learnability.py probes).
+    Raises ValueError when the image side is not a multiple of the patch or a width is not
+    divisible by its heads."""
     t = model_cfg.tiny
     image_size, patch = model_cfg.image_size, model_cfg.patch_size
     if image_size % patch:
@@ -153,16 +153,25 @@ def tiny_clip_config(model_cfg, tokenizer):
         if width % heads:
             raise ValueError(f"model.tiny.{name}_width={width} is not divisible by "
                              f"model.tiny.{name}_heads={heads}")
+    return dict(hidden_size=t.vision_width, intermediate_size=4 * t.vision_width,
+                num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
+                image_size=image_size, patch_size=patch, hidden_act="quick_gelu",
+                projection_dim=model_cfg.embed_dim)
+
+
+def tiny_clip_config(model_cfg, tokenizer):
+    """A ``CLIPConfig`` from ``model.tiny.*``, ``model.image_size/patch_size/embed_dim`` and the
+    tokenizer's vocabulary and special ids."""
+    from transformers import CLIPConfig
+
+    t = model_cfg.tiny
+    vision = tiny_vision_config(model_cfg)
     text = dict(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
                 bos_token_id=tokenizer.sot_id, eos_token_id=tokenizer.eot_id,
                 hidden_size=t.text_width, intermediate_size=4 * t.text_width,
                 num_hidden_layers=t.text_layers, num_attention_heads=t.text_heads,
                 max_position_embeddings=t.context_length, hidden_act="quick_gelu",
                 projection_dim=model_cfg.embed_dim)
-    vision = dict(hidden_size=t.vision_width, intermediate_size=4 * t.vision_width,
-                  num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
-                  image_size=image_size, patch_size=patch, hidden_act="quick_gelu",
-                  projection_dim=model_cfg.embed_dim)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model_cfg.embed_dim)
 
 
