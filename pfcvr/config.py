@@ -28,6 +28,7 @@ module reads the file, merges variants and words the errors):
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,30 @@ def _validate_seeds(seeds: list[int]) -> None:
                           "list each seed once")
 
 
+# A variant's name becomes a DVC stage name (train@<name>), folder and file names
+# (models/<name>, reports/metrics/<name>.json), MLflow run names, metric keys (<name>/R1) and the
+# registered model pfcvr-<name>. These characters are valid in all of them, so a name is refused
+# here, in one line, instead of failing late in one of them (names are data; issue 23).
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Names that other stages already use in the same folders (models/pretrained,
+# reports/metrics/zero_shot.json).
+RESERVED_VARIANTS = ("pretrained", "zero_shot")
+
+
+def _validate_variant_names(defined: dict) -> None:
+    """Every key of ``ablations`` is a usable name (:data:`VARIANT_NAME`), not a reserved one."""
+    for name in defined:
+        text = str(name)
+        if not VARIANT_NAME.fullmatch(text) or text.endswith("."):
+            raise ConfigError(
+                f"ablations.{text}: a variant name must be 1-64 letters, digits, '_', '-' or "
+                "'.', starting with a letter or digit (it becomes a DVC stage, a folder and "
+                "MLflow run, metric and model names); rename the variant")
+        if text in RESERVED_VARIANTS:
+            raise ConfigError(f"ablations.{text}: the name is used by another stage's outputs "
+                              f"(reserved: {', '.join(RESERVED_VARIANTS)}); rename the variant")
+
+
 def _validate_variants(variants: list[str], defined: dict) -> None:
     """``report.variants``: the variants the pipeline trains, evaluates and reports (dvc.yaml's
     foreach list); each defined in ``ablations``, none twice, ``full`` (the reference of every
@@ -318,6 +343,7 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: must be a mapping of sections")
     base = parse_section(Params, raw)
+    _validate_variant_names(raw["ablations"])
     for name in raw["ablations"]:
         try:
             parse_section(Params, _merge_variant(raw, name))
@@ -326,6 +352,11 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     _validate_space(raw, base.model_dump())
     _validate_seeds(list(raw["report"]["seeds"]))
     _validate_variants(list(raw["report"]["variants"]), raw["ablations"])
+    beat, grace = raw["tune"]["heartbeat_interval"], raw["tune"]["grace_period"]
+    if grace <= beat:
+        raise ConfigError(f"tune.grace_period={grace}: must be above tune.heartbeat_interval="
+                          f"{beat} (a live worker's trial would be failed between two heartbeats);"
+                          " e.g. ten heartbeats")
     steps, warmup = raw["pretrain"]["steps"], raw["pretrain"]["warmup_steps"]
     if warmup >= steps:
         raise ConfigError(f"pretrain.warmup_steps={warmup}: must be below pretrain.steps={steps} "

@@ -188,6 +188,8 @@ class TuneConfig(Section):
     timeout: float = Field(gt=0.0)
     epochs: int = Field(ge=1, le=10_000)
     sampler_seed: int = Field(ge=0)
+    heartbeat_interval: int = Field(ge=1, le=86_400)   # s between a running trial's heartbeats
+    grace_period: int = Field(ge=2, le=604_800)        # s without one before the trial is failed
     space: dict[str, Any]             # the model/train tree, leaves [low, high] (see _space_tree)
 
     @field_validator("space")

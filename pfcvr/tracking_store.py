@@ -13,6 +13,10 @@ lock per store, so that several processes may be the first to touch a store at t
   saying what to do, before MLflow prints a traceback about it.
 - :func:`repair_artifact_locations`: a store moved (or copied) to another folder keeps writing
   artifacts beside itself, not into the old folder.
+
+None of this applies to a server (``http://`` MLflow, ``postgresql://`` Optuna): the server owns
+its database, so there is no file to lock, build or repair. :func:`redact_uri` and
+:func:`hide_secret` keep a password of any store URI out of every message and log line.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
 from filelock import FileLock, Timeout
 
@@ -46,6 +50,33 @@ class StoreKind(NamedTuple):
 MLFLOW = StoreKind("tracking store", ("experiments", "runs"), "an MLflow store",
                    "MLFLOW_TRACKING_URI")
 OPTUNA = StoreKind("Optuna storage", ("studies", "trials"), "an Optuna storage", "OPTUNA_STORAGE")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part replaced by ``***`` (any scheme:
+    ``postgresql://``, ``http://``, ...); unchanged when it has none."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:   # not a URL at all (a bad port, ...): hide everything before '@'
+        password = None
+    if not password:
+        return uri
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def hide_secret(text: str, uri: str) -> str:
+    """``text`` (an error message that may quote ``uri``) with the password of ``uri`` hidden."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    text = text.replace(uri, redact_uri(uri))
+    if password:
+        text = text.replace(f":{password}@", ":***@").replace(password, "***")
+    return text
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -1,14 +1,20 @@
 """The Optuna study: search `tune.space` for the best validation Rank-1 (never test).
 
-- Sampler TPE (seeded by `tune.sampler_seed`), median pruner fed with each epoch's val Rank-1.
+- Sampler TPE (trial k drawn with seed `tune.sampler_seed` + k, :func:`trial_sampler`), median
+  pruner fed with each epoch's val Rank-1.
 - Storage `sqlite:///<repo root>/optuna.db` (``OPTUNA_STORAGE`` overrides it, e.g. a PostgreSQL URL
   shared by several workers). The study name is derived from everything that decides a trial's
   result and is *not* searched (:func:`study_name`): the other params, the space, the tuning epochs,
   the data (images included), the backbone and the pfcvr code. So an interrupted study with the
   same setup resumes, and a changed setup (new data, edited code) starts a new study instead of
   reporting the old one's trials as if they were measured now.
-- `tune.n_trials` counts finished (complete or pruned) trials over all workers and sessions;
-  `tune.timeout` bounds one worker's wall time. A failing trial is recorded as failed and the study
+- `tune.n_trials` counts finished (complete or pruned) trials over all workers and sessions:
+  a worker starts a trial only while finished + running trials are fewer, deciding and creating
+  it under a lock that every worker shares (pfcvr.tuning_store.TrialSlots), so workers started
+  together never finish more than `tune.n_trials`. A worker with nothing left to start waits for
+  the other workers' running trials (one that fails frees its place, and the waiting worker takes
+  it) and then summarises the whole study, so every worker's summary counts the same trials.
+  `tune.timeout` bounds one worker's wall time, waiting included. A failing trial is recorded as failed and the study
   goes on, unless :data:`MAX_CONSECUTIVE_FAILURES` trials fail in a row: the same error again and
   again is a fault of the setup, not bad luck, so the study stops (kept, for a rerun after the fix)
   and :class:`TuneError` names the last trial's error. A study without any complete trial is a
@@ -28,6 +34,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,9 +42,12 @@ import optuna
 
 from pfcvr.config import Params, get_dotted, parse_params, read_raw, set_dotted
 from pfcvr.engine import fingerprint as F
-from pfcvr.tuning_store import claim, fail_own, fail_stale, open_study
+from pfcvr.tracking_store import redact_uri
+from pfcvr.tuning_store import TrialSlots, claim, fail_own, fail_stale, open_study
 
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = optuna.trial.TrialState.RUNNING
+POLL_S = 2.0     # how often a worker with nothing to start looks at the other workers' trials
 # Failed trials in a row (in one worker) after which the study stops: one failure can be bad luck
 # (a diverging point of the space), three with nothing complete in between are a setup fault.
 MAX_CONSECUTIVE_FAILURES = 3
@@ -53,11 +63,7 @@ def storage_url(root: Path) -> str:
 
 def redact(url: str) -> str:
     """Hide a password in a database URL before it is printed or logged."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url
+    return redact_uri(url)
 
 
 def study_name(params: Params, inputs: str = "") -> str:
@@ -127,25 +133,28 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
     cfg = params.tune
     # Optuna logs a failed trial as a warning with its traceback; each becomes one line here.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = storage_url(root)
     # Under a file lock, with heartbeats; trials of killed workers are failed, so counts add up.
     study = open_study(
-        study_name(params, inputs), storage_url(root), direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
+        study_name(params, inputs), url, direction="maximize",
+        heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+        sampler=trial_sampler(cfg.sampler_seed, 0),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    say = (lambda text: print(text, flush=True)) if progress is not False else (lambda text: None)
     fail_stale(study, progress=progress is not False)
-    already = sum(t.state in DONE_STATES for t in study.trials)
-    remaining = max(cfg.n_trials - already, 0)
-    if progress is not False:
-        print(f"study {study.study_name} at {redact(storage_url(root))}: {already} finished "
-              f"trial(s), {remaining} to go", flush=True)
-    if remaining == 0:
+    done, running = _counts(study)
+    say(f"study {study.study_name} at {redact(url)}: {done} finished trial(s), {running} "
+        f"running, {max(cfg.n_trials - done - running, 0)} to start")
+    if done >= cfg.n_trials:
         return study
+    slots = TrialSlots(study, url)
     work = Path(tempfile.mkdtemp(prefix="tune-", dir=_scratch(root)))
     failures: list[str] = []   # this call's failed trials, as one line each
     streak = [0]               # failed trials in a row
 
     def objective(trial: optuna.Trial) -> float:
         claim(trial)
+        slots.release()        # the trial exists and is counted: other workers may decide now
         point: dict[str, Any] = {}
         try:
             return run_trial(trial, point)
@@ -155,14 +164,11 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
             where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
             message = " ".join(str(err).split()) or "(no message)"
             failures.append(f"trial {trial.number} ({where}): {type(err).__name__}: {message}")
-            if progress is not False:
-                print(f"failed: {failures[-1]}", flush=True)
+            say(f"failed: {failures[-1]}")
             raise
 
     def count_failures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         streak[0] = streak[0] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
-        if streak[0] >= MAX_CONSECUTIVE_FAILURES:
-            study.stop()
 
     def run_trial(trial: optuna.Trial, point: dict[str, Any]) -> float:
         point.update(suggest(trial, cfg.ranges, params))
@@ -194,14 +200,35 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
                 trial_run.log_metrics({"best_val_R1": value})
             return value
 
+    deadline = time.monotonic() + cfg.timeout
+    waiting = 0
     try:
-        study.optimize(objective, timeout=cfg.timeout, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE_STATES),
-                                  count_failures])
+        while streak[0] < MAX_CONSECUTIVE_FAILURES and time.monotonic() < deadline:
+            slots.acquire()
+            try:
+                fail_stale(study, progress=progress is not False)
+                done, running = _counts(study)
+                if done >= cfg.n_trials:
+                    break
+                if done + running >= cfg.n_trials:   # the rest is running in other workers
+                    if running != waiting:
+                        say(f"[tune] waiting for {running} running trial(s) of other workers "
+                            f"({done} of tune.n_trials={cfg.n_trials} finished)")
+                        waiting = running
+                    slots.release()
+                    time.sleep(POLL_S)
+                    continue
+                # Creates one trial; the objective releases the lock once it is claimed.
+                study.sampler = trial_sampler(cfg.sampler_seed, len(study.trials))
+                study.optimize(objective, n_trials=1, catch=(Exception,),
+                               callbacks=[count_failures])
+                waiting = 0
+            finally:
+                slots.release()
     finally:
         fail_own(study)   # a trial that SIGTERM (SystemExit) ended is left RUNNING by Optuna
         shutil.rmtree(work, ignore_errors=True)
-    kept = f"the study {study.study_name} is kept in {redact(storage_url(root))}"
+    kept = f"the study {study.study_name} is kept in {redact(url)}"
     if streak[0] >= MAX_CONSECUTIVE_FAILURES:
         raise TuneError(f"{streak[0]} trials in a row failed, the last: {failures[-1]}; fix the "
                         f"cause (tune.space or the train/model params) and rerun; {kept}")
@@ -210,6 +237,25 @@ def run_study(params: Params, params_path: str | Path, root: Path, *,
         raise TuneError(f"no trial completed within tune.timeout={cfg.timeout:g} s{last}; "
                         f"raise tune.timeout or fix the failing trials and rerun; {kept}")
     return study
+
+
+def trial_sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
+    """The sampler that draws trial ``number``: TPE seeded with ``seed + number``, so a study's
+    draws are reproducible and two workers never draw the same random start point (one seed per
+    worker would give each worker's first trial the same point); ``constant_liar`` keeps a
+    worker's draw away from the points other workers are running."""
+    import warnings
+
+    with warnings.catch_warnings():   # constant_liar is "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed + number, constant_liar=True)
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished: complete or pruned, running) trials of the whole study, all workers."""
+    trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, RUNNING))
+    running = sum(t.state == RUNNING for t in trials)
+    return len(trials) - running, running
 
 
 def trial_outcome(err: BaseException | None) -> tuple[str | None, dict[str, str]]:
@@ -236,7 +282,8 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     out: dict[str, Any] = {"study": study.study_name, "n_trials": len(study.trials),
                            "n_complete": count.get("complete", 0), "n_pruned": count.get("pruned", 0),
-                           "n_failed": count.get("fail", 0), "objective": "val R1 (best epoch)"}
+                           "n_failed": count.get("fail", 0), "n_running": count.get("running", 0),
+                           "objective": "val R1 (best epoch)"}
     if complete:
         best = study.best_trial
         out.update({"best_value": best.value, "best_trial": best.number,

@@ -16,7 +16,8 @@ from pfcvr import paths
 from pfcvr.config import load_params
 from pfcvr.errors import run_stage
 from pfcvr.tracking import repo_root, stage_run
-from pfcvr.tuning import tune
+from pfcvr.tuning import storage_url, tune
+from pfcvr.tuning_store import check_storage
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     root, out = repo_root(), paths.TUNE_REPORTS
+    check_storage(storage_url(root))   # before the MLflow run: a bad storage is one line
     with stage_run("tune", params) as run:
         summary = tune(params, args.params, root, prepared=paths.PREPARED, parts=paths.PARTS,
                        out=out, history_figure=paths.TUNE_HISTORY_FIGURE,

@@ -4,7 +4,11 @@
   study (without the lock Optuna's table creation failed in most of them);
 - a tune worker killed during a trial (SIGKILL) leaves the trial RUNNING until the next worker
   fails it, and the resumed study's counts add up; after SIGTERM the trial is failed at once and
-  the tune run and its trial's MLflow run end KILLED.
+  the tune run and its trial's MLflow run end KILLED;
+- workers share `tune.n_trials` (issue 23, item 5): two workers started together on a fresh
+  optuna.db with n_trials 2 finish exactly 2 trials, and both summaries count the whole study;
+- a worker that froze (SIGSTOP: alive, but no heartbeat) has its trial failed by Optuna's
+  heartbeat after `tune.grace_period`, and another worker takes its place in n_trials.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ folder = Path(sys.argv[1])
 (folder / f"ready{sys.argv[2]}").write_text("ready")
 while not (folder / "go").exists():
     time.sleep(0.005)
-study = open_study("s", f"sqlite:///{folder / 'optuna.db'}", direction="maximize")
+study = open_study("s", f"sqlite:///{folder / 'optuna.db'}", direction="maximize",
+                   heartbeat_interval=60, grace_period=600)
 
 def objective(trial):
     claim(trial)
@@ -154,3 +159,66 @@ def test_sigterm_fails_the_trial_at_once_and_ends_the_runs_killed(tmp_path, para
     assert "stale" not in out
     assert (summary["n_trials"], summary["n_failed"], summary["n_complete"]) == (3, 1, 2)
     assert run_statuses(tmp_path / "mlflow.db")["exp"] == ["FINISHED"]
+
+
+def start_together(params: Path, tmp_path: Path, n: int, *args: str) -> list[subprocess.Popen]:
+    """``n`` tune workers that open the (fresh) storage at the same instant."""
+    go = tmp_path / "go"
+    procs = [worker(params, tmp_path, "--ready", str(tmp_path / f"ready{i}"), "--go", str(go),
+                    *args) for i in range(n)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(n)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    go.touch()
+    return procs
+
+
+def test_two_workers_on_a_fresh_storage_finish_exactly_n_trials(tmp_path, params_file):
+    """The issue's example: n_trials 2, two workers started together on a fresh optuna.db. Before
+    the fix they finished 3 trials and their summaries said 3 and 2 complete."""
+    procs = start_together(params_file, tmp_path, 2, "--trial-s", "2")
+    summaries = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    assert trial_states(tmp_path / "optuna.db") == ["COMPLETE", "COMPLETE"]
+    counts = [(s["n_trials"], s["n_complete"], s["n_pruned"], s["n_failed"], s["n_running"])
+              for s in summaries]
+    assert counts == [(2, 2, 0, 0, 0)] * 2
+    # each worker ran one of the two trials, in parallel (their owners differ)
+    con = sqlite3.connect(tmp_path / "optuna.db")
+    owners = {r[0] for r in con.execute(
+        "SELECT value_json FROM trial_user_attributes WHERE key = 'pfcvr.owner'")}
+    con.close()
+    assert len(owners) == 2
+
+
+def test_frozen_worker_is_failed_by_the_heartbeat_and_replaced(tmp_path):
+    """A worker stopped with SIGSTOP (alive, so not 'gone') sends no heartbeat: after
+    tune.grace_period the other worker fails its trial and runs one more, so the study finishes
+    n_trials, with the frozen trial counted as failed."""
+    raw = read_raw(ROOT / "params.yaml")
+    for key, value in {"tune.n_trials": 2, "tune.epochs": 1, "tune.heartbeat_interval": 1,
+                       "tune.grace_period": 3}.items():
+        set_dotted(raw, key, value)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    frozen = worker(params, tmp_path, "--sleep", "600")
+    for line in frozen.stdout:
+        if line.strip() == "training":
+            break
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        summary, out = resume(params, tmp_path)
+        took = time.monotonic() - started
+    finally:
+        frozen.kill()
+        frozen.communicate(timeout=60)
+    assert "without a heartbeat for tune.grace_period: 0" in out, out
+    assert trial_states(tmp_path / "optuna.db") == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert (summary["n_trials"], summary["n_failed"], summary["n_complete"],
+            summary["n_running"]) == (3, 1, 2, 0)
+    assert took >= 3          # not before the grace period
