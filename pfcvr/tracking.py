@@ -39,13 +39,14 @@ from mlflow.tracking import MlflowClient
 
 from pfcvr import tracking_views as views
 from pfcvr.config import Params, flatten
-from pfcvr.tracking_client import (EXPERIMENT, check_tracking, client, dvc_experiment,
-                                   experiment_id, experiment_name, git_commit, parent_run_id,
-                                   repo_root, tracking_uri, unavailable)
+from pfcvr.tracking_client import (CLONE_TAG, EXPERIMENT, check_tracking, clone_id, client,
+                                   dvc_experiment, experiment_id, experiment_name,
+                                   explain_server, git_commit, is_server, parent_run_id,
+                                   process_store, repo_root, tracking_uri, unavailable)
 from pfcvr.tracking_state import (KIND_TAG, OWNER_TAG, PARENT_TAG, Outbox, Terminated,
-                                  close_stale, note, now_ms, one_line, owner_token, quiet,
-                                  settle_parent, sigterm_raises, status_of)
-from pfcvr.tracking_store import TrackingError, store_lock
+                                  close_stale, find_runs, note, now_ms, one_line, owner_token,
+                                  quiet, settle_parent, sigterm_raises, status_of)
+from pfcvr.tracking_store import TrackingError, hide_secret, redact_uri, store_lock
 
 __all__ = ["TrackingError", "StageRun", "stage_run", "stage_runs", "check_tracking",
            "settle_experiment", "ui_urls", "tracking_uri", "experiment_name", "dvc_experiment",
@@ -172,8 +173,9 @@ class StageRun:
         def log() -> None:
             from pfcvr.tracking_model import log_embedding_model
 
-            version = log_embedding_model(self.client, self._s.exp_id, self.run_id, folder,
-                                          registered, metadata, description)
+            with process_store(self._s.secret_uri):   # MLflow's registry reads it (23.1)
+                version = log_embedding_model(self.client, self._s.exp_id, self.run_id, folder,
+                                              registered, metadata, description)
             note(f"model {folder} registered as models:/{registered}/{version.version}")
 
         self._s.call(f"log model {registered}", log)
@@ -208,7 +210,7 @@ def _open(name: str, stage: str, variant: str | None, tags: dict[str, Any] | Non
         with store_lock(uri), quiet():
             exp_id = _experiment_id(mc)
             parent_id = _parent_run_id(mc, exp_id)
-            closed = close_stale(mc, exp_id, dvc_experiment(), name)
+            closed = close_stale(mc, exp_id, parent_id, name)
             run = mc.create_run(exp_id, run_name=name, tags={
                 "mlflow.parentRunId": parent_id, KIND_TAG: "stage", "stage": stage,
                 "variant": variant or "", "git_commit": git_commit(),
@@ -218,7 +220,10 @@ def _open(name: str, stage: str, variant: str | None, tags: dict[str, Any] | Non
     except TrackingError:
         raise
     except Exception as err:
-        raise TrackingError(f"tracking store {uri} cannot be written: {one_line(err)}") from None
+        if is_server(uri):
+            raise TrackingError(explain_server(uri, err)) from None
+        raise TrackingError(f"tracking store {redact_uri(uri)} cannot be written: "
+                            f"{hide_secret(one_line(err), uri)}") from None
     if closed:
         note(f"closed {len(closed)} stale RUNNING run(s) of experiment {dvc_experiment()} as "
               f"KILLED (their process is gone): {', '.join(sorted(closed))}")
@@ -287,16 +292,17 @@ def stage_run(stage: str, params: Params | None = None, *, variant: str | None =
 
 
 def settle_experiment() -> dict[str, str]:
-    """Close stale runs and settle the parent of every DVC experiment in the store; returns
-    ``{DVC experiment: parent status}`` (``python -m pfcvr.tracking --settle``)."""
+    """Close stale runs and settle the parent of every DVC experiment in the store (in a server
+    store: of this clone's DVC experiments); returns ``{DVC experiment: parent status}``
+    (``python -m pfcvr.tracking --settle``)."""
     mc = _client()
     exp_id = _experiment_id(mc)
+    mine = {CLONE_TAG: clone_id()} if is_server(tracking_uri()) else {}
     out = {}
-    for p in mc.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'parent'",
-                                max_results=1000):
+    for p in find_runs(mc, exp_id, mine, where=f"tags.`{KIND_TAG}` = 'parent'"):
         name = p.data.tags.get(PARENT_TAG, "")
         with store_lock(tracking_uri()):
-            close_stale(mc, exp_id, name)
+            close_stale(mc, exp_id, p.info.run_id)
             out[name] = settle_parent(mc, exp_id, p.info.run_id)
     return out
 
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("  no finished evaluate@ run yet: run `make repro` (or `dvc repro`)")
             return 0
-        print(f"tracking URI: {tracking_uri()}\nexperiment:   {experiment_name()}\n"
+        print(f"tracking URI: {redact_uri(tracking_uri())}\nexperiment:   {experiment_name()}\n"
               f"parent run:   {dvc_experiment()}")
         if args.settle:
             for exp, status in settle_experiment().items():

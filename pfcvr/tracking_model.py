@@ -43,6 +43,11 @@ REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors", "
 EXAMPLE_CAPTION = "a white sedan with a black roof and silver wheels"
 
 
+class ModelFolderError(ValueError):
+    """The model folder cannot be turned into the pyfunc (not a model, cannot embed): the
+    folder's fault, not the store's, so the tracking outbox does not retry it."""
+
+
 class EmbeddingModel(mlflow.pyfunc.PythonModel):
     """The pyfunc: artifact ``model`` is a pfcvr model folder (module docstring for the I/O)."""
 
@@ -191,8 +196,14 @@ def save_embedding_model(folder: str | Path, path: str | Path, mlflow_model=None
 def log_embedding_model(client, exp_id: str, run_id: str, folder: str | Path, registered: str,
                         metadata_: dict[str, Any] | None = None, description: str = ""):
     """Log ``folder`` as the logged model ``model`` of run ``run_id`` and register it as a new
-    version of ``registered``; returns the ModelVersion. Uses only ``client`` (no process-wide
-    MLflow state). Raises what MLflow or :func:`save_embedding_model` raise."""
+    version of ``registered``; returns the ModelVersion. Raises :class:`ModelFolderError` when
+    the folder cannot become the pyfunc (:func:`save_embedding_model`), else what MLflow raises.
+
+    Call it with ``client``'s store as MLflow's process-wide tracking URI
+    (pfcvr.tracking_client.process_store): for a database store, MLflow's registry finds the
+    logged model through a client of its own that reads that URI. ``registered`` is a valid
+    registered-model name (pfcvr.config checks variant names up front); it is looked up by
+    name, never pasted into a filter string."""
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
@@ -204,18 +215,27 @@ def log_embedding_model(client, exp_id: str, run_id: str, folder: str | Path, re
             local = Path(tmp) / "model"
             info = Model(artifact_path=logged.artifact_location, run_id=run_id,
                          model_id=logged.model_id)
-            save_embedding_model(folder, local, mlflow_model=info, metadata_=metadata_)
+            try:
+                save_embedding_model(folder, local, mlflow_model=info, metadata_=metadata_)
+            except Exception as err:   # local: no store involved, and a retry cannot help
+                raise ModelFolderError(f"model {folder} cannot be logged: "
+                                       f"{type(err).__name__}: {err}") from err
             client.log_model_artifacts(logged.model_id, str(local))
     except BaseException:
         client.finalize_logged_model(logged.model_id, "FAILED")
         raise
     client.finalize_logged_model(logged.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, 0)])
-    if not client.search_registered_models(filter_string=f"name = '{registered}'", max_results=1):
+    try:
+        client.get_registered_model(registered)
+    except Exception as err:
+        if getattr(err, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+            raise
         try:
             client.create_registered_model(registered, description=description or None)
-        except Exception:  # created meanwhile by another process
-            pass
+        except Exception as made:  # created meanwhile by another process
+            if getattr(made, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
     return client.create_model_version(registered, source=f"models:/{logged.model_id}",
                                        run_id=run_id, model_id=logged.model_id,
                                        description=description or None, await_creation_for=0)

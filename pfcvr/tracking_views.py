@@ -75,10 +75,22 @@ def fit_note(text: str, limit: int = RUN_NOTE_MAX) -> str:
     return head[: head.rfind("\n") + 1 or len(head)].rstrip() + tail
 
 
+def code_span(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds (a DVC experiment name is
+    data): fenced by one more backtick than its longest run of them."""
+    run, best = 0, 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        best = max(best, run)
+    fence = "`" * (best + 1)
+    pad = " " if best else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def experiment_note(markdown: str, dvc_exp: str, commit: str) -> str:
     """The experiment's description: the latest ablation report, then where it comes from (the
     UI shows the first lines of a description until it is expanded: the report's title)."""
-    foot = (f"\n\n---\n_The latest ablation: DVC experiment `{dvc_exp}`, git {commit[:10]}. "
+    foot = (f"\n\n---\n_The latest ablation: DVC experiment {code_span(dvc_exp)}, git {commit[:10]}. "
             "Each parent run (one per DVC experiment) holds its own report._\n")
     return fit_note(markdown.rstrip(), EXPERIMENT_NOTE_MAX - len(foot)) + foot
 

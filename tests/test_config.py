@@ -215,6 +215,35 @@ def test_variant_errors(raw):
         "ablations.bad: train.mask_ratio=2.0: must be in [0.0, 1.0)")
 
 
+def test_variant_names_are_refused_up_front(raw):
+    """Names are data (issue 23): a variant name becomes a DVC stage, folders, MLflow run,
+    metric and model names, so one that is not valid in all of them is one line at once."""
+    rule = ("a variant name must be 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (it becomes a DVC stage, a folder and MLflow run, metric and model "
+            "names); rename the variant")
+    for name in ("bob's", "a b", "x/y", "-x", ".hidden", "colon:x", "a@b", "é", "x" * 65,
+                 "dot."):
+        bad = copy.deepcopy(raw)
+        bad["ablations"][name] = {"train": {"weights": {"part": 0.0}}}
+        with pytest.raises(ConfigError) as info:
+            parse_params(bad)
+        assert str(info.value) == f"ablations.{name}: {rule}", name
+    for name in ("pretrained", "zero_shot"):
+        assert error_of(raw, {f"ablations.{name}": {}}) == (
+            f"ablations.{name}: the name is used by another stage's outputs (reserved: "
+            "pretrained, zero_shot); rename the variant")
+    good = copy.deepcopy(raw)
+    good["ablations"]["no-part.v2_B"] = {"train": {"weights": {"part": 0.0}}}
+    assert parse_params(good, "no-part.v2_B").train.weights.part == 0.0
+
+
+def test_heartbeat_grace_must_exceed_the_interval(raw):
+    assert error_of(raw, {"tune.grace_period": 60, "tune.heartbeat_interval": 60}) == (
+        "tune.grace_period=60: must be above tune.heartbeat_interval=60 (a live worker's trial "
+        "would be failed between two heartbeats); e.g. ten heartbeats")
+    assert parse_params(raw).tune.grace_period > parse_params(raw).tune.heartbeat_interval
+
+
 # ---------------------------------------------------------------------------------------------
 # tune.space
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pfcvr import tracking, tracking_state, tracking_store
+from pfcvr import tracking, tracking_state, tracking_store, tracking_views
 from pfcvr.tracking import TrackingError, stage_run
 
 
@@ -319,3 +319,79 @@ def test_settle_closes_dead_runs_of_every_dvc_experiment(store, monkeypatch):
     got = runs(store)
     assert got["other"] == ["KILLED"] and got["train@full"] == ["KILLED"]
     assert got["exp"] == ["FINISHED"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Names are data (issue 23, item 2)
+# ----------------------------------------------------------------------------------------------
+
+def parents(db: Path) -> dict[str, tuple[str, int]]:
+    """``{parent run name: (status, number of stage runs under it)}``, read with sqlite3."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT r.run_uuid, r.name, r.status FROM runs r JOIN tags t ON t.run_uuid = "
+            "r.run_uuid WHERE t.key = 'pfcvr.kind' AND t.value = 'parent'").fetchall()
+        out = {}
+        for uuid, name, status in rows:
+            (n,) = con.execute("SELECT count(*) FROM tags WHERE key = 'mlflow.parentRunId' AND "
+                               "value = ?", (uuid,)).fetchone()
+            out[name] = (status, n)
+        return out
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("name", ["bob's-mask", 'say "hi"', "both'\"quotes", "back`tick",
+                                  "and or = 'x' --"])
+def test_a_dvc_experiment_name_is_data(store, monkeypatch, name):
+    """`dvc exp run -n "bob's-mask"` stopped every stage with "Invalid clause(s) in filter
+    string" (the name was pasted into a filter). Any name: one parent, found again by the next
+    stage, every run FINISHED; the experiment's note quotes the name as code."""
+    monkeypatch.setenv("DVC_EXP_NAME", name)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "lab's \"t13\"")
+    for stage in ("prepare", "parts"):
+        with stage_run(stage, required=True) as run:
+            run.log_metrics({"x": 1.0})
+    with stage_run("report", required=True) as run:
+        run.log_to_parent(tags={"mlflow.note.content": "# table"})
+    assert parents(store) == {name: ("FINISHED", 3)}
+    assert set(runs(store)) == {name, "prepare", "parts", "report"}
+    client = tracking._client()
+    note = client.get_experiment_by_name("lab's \"t13\"").tags["mlflow.note.content"]
+    assert tracking_views.code_span(name) in note
+
+
+def test_filter_literal_and_find_runs(store):
+    from pfcvr.tracking_state import filter_literal, find_runs
+
+    assert filter_literal("bob's") == '"bob\'s"' and filter_literal('a"b') == "'a\"b'"
+    assert filter_literal("plain") == "'plain'" and filter_literal("x'\"y") is None
+    with stage_run("prepare", required=True):
+        pass
+    client = tracking._client()
+    exp = tracking._experiment_id(client)
+    for value in ("bob's", 'a"b', "x'\"y"):
+        client.create_run(exp, run_name=value, tags={"k": value})
+    for value in ("bob's", 'a"b', "x'\"y"):
+        found = find_runs(client, exp, {"k": value})
+        assert [r.info.run_name for r in found] == [value]
+
+
+def test_a_refused_call_is_dropped_and_never_leaves_a_run_running(store, tmp_path):
+    """A call the store refuses for good (here: a folder that is no model) used to wait in the
+    outbox and hold back every later call, the end of the run among them: the run stayed
+    RUNNING. Now: one warning naming the call, the rest logged, the run FINISHED."""
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with stage_run("evaluate", variant="full", required=True) as run:
+            run.log_model(not_a_model, "pfcvr-full")
+            run.log_metrics({"R1": 12.5})
+    texts = [str(w.message) for w in caught if "refused" in str(w.message)]
+    assert len(texts) == 1 and "log model pfcvr-full" in texts[0] and "not retried" in texts[0]
+    assert runs(store) == {"exp": ["FINISHED"], "evaluate@full": ["FINISHED"]}
+    con = sqlite3.connect(store)
+    assert con.execute("SELECT value FROM latest_metrics WHERE key='R1'").fetchall() == [(12.5,)]
+    con.close()
