@@ -59,6 +59,23 @@ def test_backbone_key_follows_a_local_folder(tmp_path):
     assert F.backbone_key("openai/clip-vit-base-patch16-not-cached") == ""
 
 
+def test_backbone_key_is_the_same_on_another_machine(tmp_path):
+    """The same backbone files with other mtimes (a second clone, `dvc pull`) give the same key,
+    so tune workers on two machines open one study (issue 22; it used size + mtime)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, mtime in ((a, 1_000_000_000), (b, 1_700_000_000)):
+        (folder / "tokenizer").mkdir(parents=True)
+        for name, data in (("config.json", b"{}"), ("model.safetensors", b"weights"),
+                           ("tokenizer/vocab.json", b"{}")):
+            (folder / name).write_bytes(data)
+            os.utime(folder / name, (mtime, mtime))
+    (a / "stats.json").write_text('{"seconds": 12.5}')   # the pretrain run's timings differ
+    (b / "stats.json").write_text('{"seconds": 14.0}')
+    assert F.backbone_key(str(a)) == F.backbone_key(str(b)) != ""
+    (b / "model.safetensors").write_bytes(b"other weights")
+    assert F.backbone_key(str(a)) != F.backbone_key(str(b))
+
+
 def test_params_key_ignores_cosmetic_keys_only():
     p = load_params("params.yaml")
     assert F.params_key(p) == F.params_key(load_params("params.yaml", overrides={

@@ -8,8 +8,9 @@ of a training run, and how each enters the key:
 - **data**: the bytes of ``manifest.json``, ``meta.json`` and ``parts.json``, plus every image
   file that the used splits list (:func:`images_key`): its content when the images are small
   together, else its size and modification time (see :data:`CONTENT_HASH_LIMIT`);
-- **backbone**: for a local CLIP folder, the size and mtime of its files; for a hub id, the
-  snapshot (commit) in the local Hugging Face cache;
+- **backbone**: for a local folder (the pretrain stage's, a CLIP), its files' bytes (their size
+  and mtime above :data:`CONTENT_HASH_LIMIT`); for a hub id, the snapshot (commit) in the local
+  Hugging Face cache;
 - **code**: the source of the ``pfcvr`` package (:func:`code_key`), since DVC also re-runs a
   stage when its code changes: a checkpoint or trial of older code is not mixed with new code.
 """
@@ -34,6 +35,9 @@ COSMETIC = ("ablations.", "report.", "tune.", "tracking.", "train.log_every",
 # per variant, while a stat key stays at milliseconds and still changes when a file is replaced
 # (new mtime), unless it is copied with its old mtime *and* the same size (`cp -p`, `rsync -a`).
 CONTENT_HASH_LIMIT = 256 * 2**20
+# The pretrain stage's record in its model folder (steps, timings): loading never reads it, and
+# its timings differ between two runs that give the same weights.
+RUN_RECORD = "stats.json"
 
 
 def digest(*parts: object) -> str:
@@ -89,8 +93,9 @@ def data_key(prepared: Path, parts: Path, splits: Iterable) -> str:
 
 def backbone_key(backbone: str) -> str:
     """What ``model.backbone`` loads: "" for ``tiny`` (built from params), the files of a local
-    folder (path, size, mtime_ns), or the cached snapshot of a hub id (its commit folder; "" when
-    not cached, where the download of the hub's current revision decides)."""
+    folder (as :func:`images_key`: their bytes up to CONTENT_HASH_LIMIT, else path, size and
+    mtime_ns), or the cached snapshot of a hub id (its commit folder; "" when not cached, where
+    the download of the hub's current revision decides)."""
     from pfcvr.model.backbone import PRETRAINED
     from pfcvr.paths import PRETRAINED as pretrained_folder
 
@@ -100,9 +105,11 @@ def backbone_key(backbone: str) -> str:
         backbone = str(pretrained_folder)
     folder = Path(backbone).expanduser()
     if folder.is_dir():
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        return digest([(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                       for p in files])
+        # Their bytes up to CONTENT_HASH_LIMIT, as for images: the same backbone on another
+        # machine (`dvc pull`, a second clone) has other mtimes and must give the same key, or
+        # tune workers there would open a study of their own.
+        return images_key(folder, [str(p.relative_to(folder)) for p in folder.rglob("*")
+                                   if p.is_file() and p.name != RUN_RECORD])
     try:
         from huggingface_hub import try_to_load_from_cache
 
