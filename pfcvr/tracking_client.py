@@ -186,6 +186,9 @@ def client() -> MlflowClient:
         # waits in the outbox (pfcvr.tracking_state.Outbox) and is retried by us.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S)
+        # MLflow prints "View run ... at: <url>" for every run that ends on a server: a stage
+        # log holds the stage's own lines (the pages to open come from make ui / --ui-urls).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         with quiet():
             made = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -206,20 +209,21 @@ def explain_server(uri: str, err: Exception) -> str:
     """One line for a tracking server that cannot be used: down, refusing the credentials, or
     not an MLflow server; it names the URI with its password hidden and says what to do."""
     shown = redact_uri(uri)
+    full = hide_secret(" ".join(str(err).split()), uri)   # searched whole: one_line cuts it
     text = hide_secret(one_line(err), uri)
     status = getattr(err, "get_http_status_code", lambda: None)()
     if status in (401, 403):
         return (f"tracking server {shown} refused the credentials (HTTP {status}): set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that "
                 "server")
-    if _NOT_HTTP.search(text):
+    if _NOT_HTTP.search(full):
         return (f"{shown} is not an MLflow tracking server (it does not answer HTTP as one): "
                 "point MLFLOW_TRACKING_URI at the `mlflow server` address (docs: make lab-server)")
-    unreachable = _UNREACHABLE.search(text)
+    unreachable = _UNREACHABLE.search(full)
     if unreachable:
         return (f"tracking server {shown} cannot be reached ({unreachable[0].strip()}): start "
                 "it (make lab-server) or fix MLFLOW_TRACKING_URI")
-    if "Response body" in text or status in (404, 405, 501):
+    if "Response body" in full or status in (404, 405, 501):
         return (f"{shown} answers, but not as an MLflow tracking server (HTTP {status}): point "
                 "MLFLOW_TRACKING_URI at the `mlflow server` address, e.g. http://host:5000")
     return f"tracking server {shown} cannot be used: {text} (check the server's log)"

@@ -395,3 +395,70 @@ def test_a_refused_call_is_dropped_and_never_leaves_a_run_running(store, tmp_pat
     con = sqlite3.connect(store)
     assert con.execute("SELECT value FROM latest_metrics WHERE key='R1'").fetchall() == [(12.5,)]
     con.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# A tracking server that cannot be used (issue 22): one line, the password hidden. The real
+# MLflow server (refused credentials included) is in tests/test_lab.py.
+# ----------------------------------------------------------------------------------------------
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def not_mlflow():
+    """A plain HTTP server (answers 501 to MLflow's POST) and a TCP port that hangs up at once
+    (not HTTP at all), on 127.0.0.1; yields their ports."""
+    import http.server
+    import socket
+    import threading
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen()
+
+    def hang_up():
+        while True:
+            try:
+                con, _ = raw.accept()
+            except OSError:
+                return
+            con.close()
+
+    threads = [threading.Thread(target=web.serve_forever, daemon=True),
+               threading.Thread(target=hang_up, daemon=True)]
+    for t in threads:
+        t.start()
+    yield web.server_address[1], raw.getsockname()[1]
+    web.shutdown()
+    raw.close()
+
+
+def test_an_unusable_server_is_one_line_with_the_password_hidden(monkeypatch, not_mlflow):
+    web, raw = not_mlflow
+    cases = [(f"http://bob:s3cret@127.0.0.1:{_closed_port()}",
+              "tracking server http://bob:***@127.0.0.1:{port} cannot be reached ([Errno 111] "
+              "Connection refused): start it (make lab-server) or fix MLFLOW_TRACKING_URI"),
+             (f"http://bob:s3cret@127.0.0.1:{web}",
+              "http://bob:***@127.0.0.1:{port} answers, but not as an MLflow tracking server "
+              "(HTTP 501): point MLFLOW_TRACKING_URI at the `mlflow server` address, e.g. "
+              "http://host:5000"),
+             (f"http://127.0.0.1:{raw}",
+              "http://127.0.0.1:{port} is not an MLflow tracking server (it does not answer HTTP "
+              "as one): point MLFLOW_TRACKING_URI at the `mlflow server` address (docs: make "
+              "lab-server)")]
+    for uri, expected in cases:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(TrackingError) as info:
+            with stage_run("prepare", required=True):
+                raise AssertionError("the work must not start")
+        port = uri.rsplit(":", 1)[1]
+        assert str(info.value) == expected.format(port=port) + \
+            " (or set tracking.required: false to run without tracking)"
+        assert "s3cret" not in str(info.value)
