@@ -14,8 +14,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 TUNE_PORT ?= 8080
+# `make lab-server`: PostgreSQL + MLflow server for a group (docs/lab.md)
+LAB_DIR ?= .lab
+LAB_HOST ?= 127.0.0.1
+LAB_PORT ?= 5000
+LAB_PG_PORT ?= 5432
+LAB_PUBLIC_HOST ?= $(shell hostname -f 2>/dev/null || hostname)
 
-.PHONY: setup browser repro test test-fast ui ui-check tune-ui bench
+.PHONY: setup browser postgres repro test test-fast ui ui-check tune-ui bench lab-server lab-stop lab-user
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +44,13 @@ browser:  ## headless Chromium for the browser tests (Debian package; installed 
 	      apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	    else echo "note: install Chromium to run the MLflow UI test (it is skipped without it)"; fi; }
 
-test: setup browser  ## the whole test suite (CI runs exactly this)
+postgres:  ## Debian's PostgreSQL for the lab-server test (installed only when missing)
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	    else echo "note: install PostgreSQL to run the lab-server test (it is skipped without it)"; fi; }
+
+test: setup browser postgres  ## the whole test suite (CI runs exactly this)
 	$(PY) -m pytest -q
 
 test-fast: setup  ## everything but the end-to-end runs
@@ -50,6 +62,16 @@ ui: setup  ## MLflow UI over the repository's store; prints the ablation and com
 	@echo "(Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
+
+lab-server: setup postgres  ## a group's PostgreSQL + MLflow server in LAB_DIR (docs/lab.md); prints what members set
+	$(PY) -m pfcvr.lab_server start --dir $(LAB_DIR) --host $(LAB_HOST) --port $(LAB_PORT) \
+	  --pg-port $(LAB_PG_PORT) --public-host $(LAB_PUBLIC_HOST)
+
+lab-user: setup  ## an MLflow account NAME=... on the running lab server; prints that member's lines
+	$(PY) -m pfcvr.lab_server add-user $(NAME) --dir $(LAB_DIR) --public-host $(LAB_PUBLIC_HOST)
+
+lab-stop: setup  ## stop the lab servers of LAB_DIR (the data stays)
+	$(PY) -m pfcvr.lab_server stop --dir $(LAB_DIR)
 
 tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overrides ./optuna.db)
 	@$(PY) -m pfcvr.dashboard $(HOST) $(TUNE_PORT)

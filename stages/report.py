@@ -2,8 +2,8 @@
 
 Reads reports/metrics/<variant>.json for every variant of `ablations` and reports/data/stats.json;
 writes reports/ablation.md, reports/ablation.json (DVC metrics) and reports/figures/ablation.png.
-Always re-publishes to MLflow (the stage is `always_changed`), so a DVC run-cache restore still
-shows up there. The work is pfcvr.report.ablation_report.
+Publishes to MLflow whenever it runs; like every stage it runs only when its inputs changed, so a
+second clone that `dvc pull`s the outputs runs nothing. The work is pfcvr.report.ablation_report.
 """
 from __future__ import annotations
 
