@@ -371,7 +371,11 @@ def add_user(folder: Path, name: str) -> str:
     state = json.loads((folder / STATE).read_text())
     if not state.get("auth"):
         raise LabError("the MLflow server was started with --no-auth: it has no accounts")
-    from mlflow.server import get_app_client
+    import warnings
+
+    with warnings.catch_warnings():   # starlette's deprecation notice, printed at import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mlflow.server import get_app_client
 
     secret = secrets.token_urlsafe(15)
     host = "127.0.0.1" if state["host"] in ("0.0.0.0", "::") else state["host"]
