@@ -462,3 +462,52 @@ def test_an_unusable_server_is_one_line_with_the_password_hidden(monkeypatch, no
         assert str(info.value) == expected.format(port=port) + \
             " (or set tracking.required: false to run without tracking)"
         assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.slow   # starts a real `mlflow server` twice (about 10 s each)
+def test_a_server_lost_during_the_stage_never_stops_it(tmp_path, monkeypatch, capsys):
+    """Issue 22: the tracking server goes away mid-stage (stopped) and comes back on the same
+    address: the work goes on with one warning, the waiting calls are logged at the end, the run
+    ends FINISHED, and its artifacts went to the server over HTTP."""
+    from tests.uicheck import MlflowServer
+
+    monkeypatch.setattr(tracking_state, "RETRY_S", 3600.0)   # only the end-of-stage retry
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "t22")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp")
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    monkeypatch.chdir(tmp_path)   # the server keeps its artifacts in ./mlartifacts
+    first = MlflowServer(store).__enter__()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first.url)
+    card = tmp_path / "card.md"
+    card.write_text("card")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with stage_run("train", variant="full", required=True) as run:
+                run.log_metrics({"loss": 3.0}, step=1)
+                first.stop()                                  # the server is gone
+                run.log_metrics({"loss": 2.0}, step=2)        # fails: waits in the outbox
+                run.log_artifact(card)
+                work = sum(range(1000))                       # the work goes on
+                second = MlflowServer(store, port=first.port).__enter__()   # back again
+    finally:
+        first.stop()
+    try:
+        assert work == 499500
+        texts = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        assert len(texts) == 1 and "goes on" in texts[0], texts
+        assert "answers again: 2 waiting call(s) logged" in capsys.readouterr().err
+        client = tracking._client()
+        exp = client.get_experiment_by_name("t22").experiment_id
+        got = {r.info.run_name: r for r in client.search_runs([exp])}
+        parent = f"exp @ {os.uname().nodename}:{tracking.repo_root().name}"   # server: + clone
+        assert set(got) == {"train@full", parent}
+        assert got["train@full"].info.status == got[parent].info.status == "FINISHED"
+        history = client.get_metric_history(got["train@full"].info.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 2.0)]
+        assert got["train@full"].info.artifact_uri.startswith("mlflow-artifacts:")
+        path = client.download_artifacts(got["train@full"].info.run_id, "card.md",
+                                         str(tmp_path / "back"))
+        assert Path(path).read_text() == "card"
+    finally:
+        second.stop()
