@@ -40,8 +40,6 @@ from pfcvr.params_schema import (  # noqa: F401
     PartDecoderConfig, PartsConfig, ReportConfig, Section, SplitFractions, SyntheticConfig,
     TinyBackbone, TrackingConfig, TrainConfig, TuneConfig, ViewMix, space_ranges)
 
-PART_CATEGORIES = ("windows", "lights", "wheels", "mirrors", "roof", "doors")
-
 
 class ConfigError(ValueError):
     """A parameter is missing, unknown, of the wrong type, or out of range."""
@@ -272,7 +270,7 @@ def _validate_space(raw: dict, base: dict) -> None:
 
 
 SEED_MAX = 2**31 - 1   # as the top-level `seed`
-REFERENCE_VARIANT = "full"   # what every ablation variant is compared with (pfcvr.paired_text)
+REFERENCE_VARIANT = "full"   # the variant every other one is compared with (report, figures, checks)
 
 
 def _validate_seeds(seeds: list[int]) -> None:

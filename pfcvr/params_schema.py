@@ -11,6 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from pfcvr.data.sources import SOURCES
+
+# data.source: "synthetic" or a dataset that pfcvr.data.sources has a reader layout for. Built from
+# that table, so a new reader is one entry there (tests/test_config.py checks the two agree).
+DataSource = Literal[SOURCES]
+
 
 class Section(BaseModel):
     """Base of every params section: closed, strict, finite floats, no defaults."""
@@ -58,7 +64,7 @@ class SyntheticConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "t2i-veri", "t2i-verw", "cuhk-pedes", "icfg-pedes", "rstpreid"]
+    source: DataSource
     root: str
     annotations: str
     val_fraction: float = Field(ge=0.0, lt=1.0)

@@ -146,7 +146,7 @@ def test_queued_experiments_in_parallel_on_a_fresh_store(tmp_path):
 
 def ui_statuses(db: Path) -> dict[str, list[str]]:
     """Run statuses as the MLflow UI gets them: the REST API of a real `mlflow server`."""
-    from tests.uicheck import MlflowServer
+    from tests.support.uicheck import MlflowServer
 
     with MlflowServer(f"sqlite:///{db}") as server:
         exp = server.api("experiments/get-by-name?experiment_name=pfcvr")["experiment"]
