@@ -8,7 +8,7 @@ One module-scoped `dvc repro` feeds every test here:
 - MLflow holds one parent run with the nested stage runs, seen through a real `mlflow server`'s REST
   API and in headless Chromium; offline, the pages `make ui` prints open on the variant runs with
   R1 ... mINP columns and compare them, no parent run stays RUNNING, and each variant's registered
-  model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the README's screenshots);
+  model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the screenshots of docs/tracking.md);
 - `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
   `dvc exp show` and as a new MLflow parent run; a queued experiment writes to the same store.
 """
@@ -239,7 +239,7 @@ def test_mlflow_ui_opens_on_the_ablation(pipeline, tmp_path, monkeypatch):
     the printed runs page opens on the variant runs with R1 ... mINP columns, every parent run
     (workspace and mask03) is FINISHED, the printed compare page puts the variants side by side,
     and each variant's best model is registered and embeds a caption. PFCVR_UPDATE_FIGURES=1
-    writes the screenshots to reports/figures/ (the README shows them)."""
+    writes the screenshots to reports/figures/ (docs/tracking.md shows them)."""
     from tests.support.uicheck import check_ui
 
     require_chromium()

@@ -145,8 +145,8 @@ def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
                      f"only type and colour ({glob:.1f}; all attributes: {full:.1f}). The model has "
                      "not yet learned even the global attributes, so a part-level component cannot "
                      "show its effect here: the benchmark is not too easy, the model and its "
-                     "training are too small. More epochs alone do not lift it (README, 'Results "
-                     "of the default run'); the levers are a wider model (`model.tiny.*`), more "
+                     "training are too small. More epochs alone do not lift it "
+                     "(docs/results.md); the levers are a wider model (`model.tiny.*`), more "
                      "pretraining (`pretrain.*`) and more training identities "
                      "(`data.synthetic.n_ids`).")
     elif glob is not None and full is not None:
