@@ -29,9 +29,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# Built from the npm packages pinned in pfcvr/plots_template.py; rebuilt only when that file changes.
-$(PLOTS_TEMPLATE): pfcvr/plots_template.py | $(STAMP)
-	$(PY) -m pfcvr.plots_template
+# Built from the npm packages pinned in pfcvr/report/plots_page.py; rebuilt only when that file changes.
+$(PLOTS_TEMPLATE): pfcvr/report/plots_page.py | $(STAMP)
+	$(PY) -m pfcvr.report.plots_page
 
 setup: $(STAMP) $(PLOTS_TEMPLATE)
 
@@ -64,20 +64,20 @@ ui: setup  ## MLflow UI over the repository's store; prints the ablation and com
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
 
 lab-server: setup postgres  ## a group's PostgreSQL + MLflow server in LAB_DIR (docs/lab.md); prints what members set
-	$(PY) -m pfcvr.lab_server start --dir $(LAB_DIR) --host $(LAB_HOST) --port $(LAB_PORT) \
+	$(PY) -m pfcvr.tracking.lab start --dir $(LAB_DIR) --host $(LAB_HOST) --port $(LAB_PORT) \
 	  --pg-port $(LAB_PG_PORT) --public-host $(LAB_PUBLIC_HOST)
 
 lab-user: setup  ## an MLflow account NAME=... on the running lab server; prints that member's lines
-	$(PY) -m pfcvr.lab_server add-user $(NAME) --dir $(LAB_DIR) --public-host $(LAB_PUBLIC_HOST)
+	$(PY) -m pfcvr.tracking.lab add-user $(NAME) --dir $(LAB_DIR) --public-host $(LAB_PUBLIC_HOST)
 
 lab-stop: setup  ## stop the lab servers of LAB_DIR (the data stays)
-	$(PY) -m pfcvr.lab_server stop --dir $(LAB_DIR)
+	$(PY) -m pfcvr.tracking.lab stop --dir $(LAB_DIR)
 
 tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overrides ./optuna.db)
-	@$(PY) -m pfcvr.dashboard $(HOST) $(TUNE_PORT)
+	@$(PY) -m pfcvr.tuning.dashboard $(HOST) $(TUNE_PORT)
 
 ui-check: setup browser  ## real server + offline headless Chromium over ./mlflow.db; 2 screenshots
-	$(PY) -m tests.uicheck --store sqlite:///$(CURDIR)/mlflow.db --figures reports/figures
+	$(PY) -m tests.support.uicheck --store sqlite:///$(CURDIR)/mlflow.db --figures reports/figures
 
 bench: setup  ## speed and memory benchmarks (print ratios); presets.py is their shared data
 	for b in benchmarks/*.py; do case "$$b" in benchmarks/presets.py|benchmarks/learnability.py) continue;; esac; \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurement of the training step (README, "GPU throughput"), in one command that fits a
+# The GPU measurement of the training step (benchmarks/README.md, "GPU throughput"), in one command that fits a
 # short GPU lease: about 8 minutes of work, then the log is in $OUT (or /tmp).
 #
 #   bash benchmarks/gpu_session.sh

@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from pfcvr import paths  # noqa: E402
 from pfcvr.config import load_params  # noqa: E402
 from pfcvr.data.oracle import GLOBAL, has_ground_truth, oracle_similarity, visible_categories  # noqa: E402
-from pfcvr.metrics import retrieval_metrics  # noqa: E402
+from pfcvr.engine.ranking import retrieval_metrics  # noqa: E402
 
 COLOUR_ATTRIBUTES = ("colour", "tint")     # body colour, part colours, window tint
 SUBSETS = {                                # oracle name -> which stated facts it may use
@@ -224,7 +224,7 @@ def learnability_figure(oracles: dict[str, dict[str, float]], path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfcvr.io import save_figure
+    from pfcvr.runtime.atomic import save_figure
 
     panels = 1 + (probe is not None) + (top1 is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.6), squeeze=False)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figure", default=None, help="also draw the three tables in this PNG")
     args = ap.parse_args(argv)
     from pfcvr.engine.loader import set_cpu_threads
-    from pfcvr.io import read_json
+    from pfcvr.runtime.atomic import read_json
 
     if args.steps < 0:
         ap.error(f"--steps {args.steps}: must be 0 (no probe) or more")
@@ -329,6 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pfcvr.errors import run_stage
+    from pfcvr.runtime.stage import run_stage
 
     sys.exit(run_stage("learnability", main))

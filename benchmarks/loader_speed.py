@@ -40,7 +40,7 @@ def ensure_data(params, root: Path) -> Path:
         return root
     from pfcvr.data.parts import build_parts
     from pfcvr.data.synthetic import generate
-    from pfcvr.io import write_json
+    from pfcvr.runtime.atomic import write_json
 
     tmp = Path(tempfile.mkdtemp(prefix="pfcvr_bench_"))
     print(f"no prepared data in {root}/data: generating the default synthetic set in {tmp} ...",

@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import torch
 
-from pfcvr.metrics import feature_similarity_rows, rank_statistics_chunked, retrieval_metrics
+from pfcvr.engine.ranking import feature_similarity_rows, rank_statistics_chunked, retrieval_metrics
 
 
 class PeakRSS:

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pfcvr.config import PART_CATEGORIES  # noqa: E402
+from pfcvr.data.categories import PART_CATEGORIES  # noqa: E402
 from pfcvr.data.parts import build_parts  # noqa: E402
 
 GOAL_IMAGES, GOAL_SECONDS = 15000, 60     # T2I-VeRW size; below 1.0 in "time / goal" meets it
@@ -108,7 +108,7 @@ def bench_loader(tmp: Path, n: int, size: int = 96, patch: int = 12, batch: int 
     from torch.utils.data import DataLoader
 
     from pfcvr.data.dataset import ImageTextDataset, load_split
-    from pfcvr.data.tokenizer import Tokenizer
+    from pfcvr.model.tokenizer import Tokenizer
 
     folder = tmp / "loader"
     records = write_images(folder, n, size)

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pfcvr.config import PART_CATEGORIES, load_params
+from pfcvr.config import load_params
 from pfcvr.data import synthetic
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.readers import read_source
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Model configurations kept as data (``model:`` sections of params.yaml).
 
-``PAPER`` is the official PFCVR architecture (method §3) with random weights: CLIP ViT-B/16
+``PAPER`` is the official PFCVR architecture (docs/method.md §3) with random weights: CLIP ViT-B/16
 dimensions (vision 768 x 12 layers x 12 heads, text 512 x 12 x 8, 77 tokens, 49,408-token BPE,
 joint width 512) at 384 x 384 (24 x 24 patches), part decoder 6 layers x 512 / FFN 2048 /
 8 heads / dropout 0.1, MLM 4 layers x 8 heads, MIM 4 blocks of 8 heads x 96 with GEGLU 2048.

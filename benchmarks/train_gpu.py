@@ -46,12 +46,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from pfcvr.config import load_params, parse_params, to_dict  # noqa: E402
-from pfcvr.data.tokenizer import Tokenizer  # noqa: E402
 from pfcvr.engine.loader import EpochLoader, set_cpu_threads  # noqa: E402
 from pfcvr.engine.train import forward_kwargs  # noqa: E402
 from pfcvr.engine.trainer import Trainer, autocast  # noqa: E402
 from pfcvr.losses import Criterion  # noqa: E402
 from pfcvr.model import build_model  # noqa: E402
+from pfcvr.model.tokenizer import Tokenizer  # noqa: E402
 from presets import PAPER  # noqa: E402  (benchmarks/presets.py)
 from train_step import BASE, FULL, random_batch, random_corpus  # noqa: E402
 

@@ -41,11 +41,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pfcvr.config import PART_CATEGORIES, load_params  # noqa: E402
-from pfcvr.data.tokenizer import Tokenizer  # noqa: E402
+from pfcvr.config import load_params  # noqa: E402
+from pfcvr.data.categories import PART_CATEGORIES  # noqa: E402
 from pfcvr.engine.loader import set_cpu_threads  # noqa: E402
 from pfcvr.losses import Criterion  # noqa: E402
 from pfcvr.model import build_model  # noqa: E402
+from pfcvr.model.tokenizer import Tokenizer  # noqa: E402
 from presets import preset  # noqa: E402  (benchmarks/presets.py)
 
 FULL = Criterion({"sdm": 1.0, "id": 0.5, "mlm": 0.5, "mim": 0.5, "part": 0.2})   # official weights

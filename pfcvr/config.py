@@ -28,7 +28,6 @@ module reads the file, merges variants and words the errors):
 from __future__ import annotations
 
 import copy
-import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from pfcvr.params_schema import (  # noqa: F401
     DataConfig, EvalConfig, LossWeights, MIMDecoderConfig, MLMDecoderConfig, ModelConfig, Params,
     PartDecoderConfig, PartsConfig, ReportConfig, Section, SplitFractions, SyntheticConfig,
     TinyBackbone, TrackingConfig, TrainConfig, TuneConfig, ViewMix, space_ranges)
-
-PART_CATEGORIES = ("windows", "lights", "wheels", "mirrors", "roof", "doors")
 
 
 class ConfigError(ValueError):
@@ -273,7 +270,7 @@ def _validate_space(raw: dict, base: dict) -> None:
 
 
 SEED_MAX = 2**31 - 1   # as the top-level `seed`
-REFERENCE_VARIANT = "full"   # what every ablation variant is compared with (pfcvr.paired_text)
+REFERENCE_VARIANT = "full"   # the variant every other one is compared with (report, figures, checks)
 
 
 def _validate_seeds(seeds: list[int]) -> None:
@@ -290,30 +287,6 @@ def _validate_seeds(seeds: list[int]) -> None:
     if twice:
         raise ConfigError(f"report.seeds={seeds}: seed {twice[0]} is listed more than once; "
                           "list each seed once")
-
-
-# A variant's name becomes a DVC stage name (train@<name>), folder and file names
-# (models/<name>, reports/metrics/<name>.json), MLflow run names, metric keys (<name>/R1) and the
-# registered model pfcvr-<name>. These characters are valid in all of them, so a name is refused
-# here, in one line, instead of failing late in one of them (names are data; issue 23).
-VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Names that other stages already use in the same folders (models/pretrained,
-# reports/metrics/zero_shot.json).
-RESERVED_VARIANTS = ("pretrained", "zero_shot")
-
-
-def _validate_variant_names(defined: dict) -> None:
-    """Every key of ``ablations`` is a usable name (:data:`VARIANT_NAME`), not a reserved one."""
-    for name in defined:
-        text = str(name)
-        if not VARIANT_NAME.fullmatch(text) or text.endswith("."):
-            raise ConfigError(
-                f"ablations.{text}: a variant name must be 1-64 letters, digits, '_', '-' or "
-                "'.', starting with a letter or digit (it becomes a DVC stage, a folder and "
-                "MLflow run, metric and model names); rename the variant")
-        if text in RESERVED_VARIANTS:
-            raise ConfigError(f"ablations.{text}: the name is used by another stage's outputs "
-                              f"(reserved: {', '.join(RESERVED_VARIANTS)}); rename the variant")
 
 
 def _validate_variants(variants: list[str], defined: dict) -> None:
@@ -343,7 +316,6 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: must be a mapping of sections")
     base = parse_section(Params, raw)
-    _validate_variant_names(raw["ablations"])
     for name in raw["ablations"]:
         try:
             parse_section(Params, _merge_variant(raw, name))
@@ -352,11 +324,6 @@ def parse_params(raw: dict, variant: str | None = None) -> Params:
     _validate_space(raw, base.model_dump())
     _validate_seeds(list(raw["report"]["seeds"]))
     _validate_variants(list(raw["report"]["variants"]), raw["ablations"])
-    beat, grace = raw["tune"]["heartbeat_interval"], raw["tune"]["grace_period"]
-    if grace <= beat:
-        raise ConfigError(f"tune.grace_period={grace}: must be above tune.heartbeat_interval="
-                          f"{beat} (a live worker's trial would be failed between two heartbeats);"
-                          " e.g. ten heartbeats")
     steps, warmup = raw["pretrain"]["steps"], raw["pretrain"]["warmup_steps"]
     if warmup >= steps:
         raise ConfigError(f"pretrain.warmup_steps={warmup}: must be below pretrain.steps={steps} "

@@ -1,5 +1,6 @@
-"""The five PFCVR losses (method §4), one function each, and :class:`Criterion`, the one place
-where their weights are applied.
+"""The five PFCVR losses (docs/method.md §4), one function each, and :class:`Criterion`, the one
+place where their weights are applied; and :func:`info_nce`, the pretraining loss of the
+``pretrain`` stage (CLIP's, not one of PFCVR's five).
 
 All losses compute in fp32 (inputs are cast), so they are safe under bf16/fp16 autocast.
 ``scale`` is the fixed logit scale 1 / model.temperature (official 1 / 0.07 = 14.29), shared by
@@ -92,6 +93,19 @@ def part_loss(visual: torch.Tensor, queries: torch.Tensor, present: torch.Tensor
     per_image = (bce * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp_min(1.0)
     has_parts = present.any(dim=1).float()
     return (per_image * has_parts).sum() / has_parts.sum().clamp_min(1.0)
+
+
+def info_nce(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """Symmetric CLIP loss of matched rows: image, text [B, D] (unnormalised) -> scalar.
+
+    Row i of ``image`` and of ``text`` are a pair; every other row is a negative of both. The
+    logits are ``scale`` times the cosines (``scale`` = 1 / model.temperature); the loss is the
+    mean of the image->text and text->image cross-entropies (CLIP, Radford et al. 2021). Used by
+    :mod:`pfcvr.pipeline.pretrain` only, not part of :class:`Criterion`.
+    """
+    logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    target = torch.arange(logits.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 class Criterion:

@@ -7,9 +7,16 @@ constraints: every field is required, because every default lives in params.yaml
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from pfcvr.data.sources import SOURCES
+
+# data.source: "synthetic" or a dataset that pfcvr.data.sources has a reader layout for. Built from
+# that table, so a new reader is one entry there (tests/test_config.py checks the two agree).
+DataSource = Literal[SOURCES]
 
 
 class Section(BaseModel):
@@ -58,7 +65,7 @@ class SyntheticConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "t2i-veri", "t2i-verw", "cuhk-pedes", "icfg-pedes", "rstpreid"]
+    source: DataSource
     root: str
     annotations: str
     val_fraction: float = Field(ge=0.0, lt=1.0)
@@ -192,6 +199,14 @@ class TuneConfig(Section):
     grace_period: int = Field(ge=2, le=604_800)        # s without one before the trial is failed
     space: dict[str, Any]             # the model/train tree, leaves [low, high] (see _space_tree)
 
+    @model_validator(mode="after")
+    def _grace_above_heartbeat(self):  # the message continues the key ``tune``
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f".grace_period={self.grace_period}: must be above "
+                             f"tune.heartbeat_interval={self.heartbeat_interval} (a live worker's "
+                             "trial would be failed between two heartbeats); e.g. ten heartbeats")
+        return self
+
     @field_validator("space")
     @classmethod
     def _space_tree(cls, space: dict) -> dict:
@@ -212,6 +227,16 @@ class TrackingConfig(Section):
     required: bool
 
 
+# A variant's name becomes a DVC stage name (train@<name>), folder and file names
+# (models/<name>, reports/metrics/<name>.json), MLflow run names, metric keys (<name>/R1) and the
+# registered model pfcvr-<name>. These characters are valid in all of them, so a name is refused
+# here, in one line, instead of failing late in one of them (names are data; issue 23).
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Names that other stages already use in the same folders (models/pretrained,
+# reports/metrics/zero_shot.json).
+RESERVED_VARIANTS = ("pretrained", "zero_shot")
+
+
 class Params(Section):
     seed: int = Field(ge=0, le=2**31 - 1)
     data: DataConfig
@@ -227,6 +252,23 @@ class Params(Section):
     # Not params.yaml keys: set by parse_params for a merged ablation variant.
     _variant: str | None = PrivateAttr(default=None)
     _description: str | None = PrivateAttr(default=None)
+
+    @field_validator("ablations")
+    @classmethod
+    def _variant_names(cls, ablations: dict) -> dict:
+        """Every variant name is usable (:data:`VARIANT_NAME`) and not reserved; the messages
+        continue the key ``ablations``. The variants' contents are checked by parse_params."""
+        for name in ablations:
+            text = str(name)
+            if not VARIANT_NAME.fullmatch(text) or text.endswith("."):
+                raise ValueError(
+                    f".{text}: a variant name must be 1-64 letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit (it becomes a DVC stage, a folder and "
+                    "MLflow run, metric and model names); rename the variant")
+            if text in RESERVED_VARIANTS:
+                raise ValueError(f".{text}: the name is used by another stage's outputs "
+                                 f"(reserved: {', '.join(RESERVED_VARIANTS)}); rename the variant")
+        return ablations
 
     @property
     def variant(self) -> str | None:

@@ -7,7 +7,7 @@ data/parts/parts.json; writes reports/metrics/<variant>.json (DVC metrics), repo
 {cmc.tsv, model_card.md} and reports/figures/{cmc,topk}_<variant>.png; logs them to the nested
 MLflow run `evaluate@<variant>` (R1 ... mINP under the same names for every variant) with the
 best checkpoint of seed report.seeds[0] as a registered pyfunc model `pfcvr-<variant>`. The work
-is pfcvr.engine.evaluate_variant.
+is pfcvr.pipeline.evaluate.
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from pathlib import Path
 
 from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.engine.evaluate_variant import plan_evaluation, write_figures
-from pfcvr.errors import run_stage
-from pfcvr.io import write_json, write_text
-from pfcvr.reporting import cmc_table, mean_std
-from pfcvr.storage import check_writable
+from pfcvr.pipeline.evaluate import plan_evaluation, write_figures
+from pfcvr.report.cards import cmc_table, mean_std
+from pfcvr.runtime.atomic import write_json, write_text
+from pfcvr.runtime.stage import run_stage
+from pfcvr.runtime.storage import check_writable
 from pfcvr.tracking import stage_run
+from pfcvr.tracking.model import log_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             run.log_artifact(m.folder / "config.json", f"models/{m.label}")
         run.set_tags({"mlflow.note.content": card})
         pub = result.published_model()   # seeds[0], best on val: `models:/pfcvr-<variant>/latest`
-        run.log_model(pub.folder, f"pfcvr-{v}", metadata={"variant": v, "seed": pub.seed,
-                      "checkpoint": pub.checkpoint}, description=f"{v}, {pub.label}: {pub.folder}")
+        log_model(run, pub.folder, f"pfcvr-{v}", metadata={"variant": v, "seed": pub.seed,
+                  "checkpoint": pub.checkpoint}, description=f"{v}, {pub.label}: {pub.folder}")
     b = result.summary()["best"]
     print(f"evaluate@{v}: best R1 {mean_std(b['R1'])}, mAP {mean_std(b['mAP'])} over seeds "
           f"{plan.seeds} -> {out_json}")

@@ -2,7 +2,7 @@
 
 Reads data/prepared/{manifest,meta}.json; writes data/parts/parts.json (aligned 1:1 with the
 manifest), reports/parts/stats.json (DVC metrics) and reports/figures/part_pairs.png as one set
-(published together, stats last: pfcvr.output_set); logs all to the nested MLflow run `parts`.
+(published together, stats last: pfcvr.runtime.output_set); logs all to the nested MLflow run `parts`.
 With parts.source=groundingdino the detector folder is checked before anything else runs.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 
-from pfcvr import paths, viz
+from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.data.parts import PartsJob
-from pfcvr.errors import run_stage
-from pfcvr.output_set import OutputSet
+from pfcvr.pipeline.parts import PartsJob
+from pfcvr.report.figures.data import part_pairs_figure
+from pfcvr.runtime.output_set import OutputSet
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         with OutputSet(args.out) as outs:
             doc, figure, stats = outs.file(args.out), outs.file(args.figure), outs.file(args.stats)
             doc.write_text(result.document_json())
-            viz.part_pairs_figure(result.figure_items(n=4), figure, title=result.figure_title())
+            part_pairs_figure(result.figure_items(n=4), figure, title=result.figure_title())
             stats.write_text(json.dumps(result.stats, indent=2) + "\n")
         run.log_metrics(result.metrics())
         run.log_artifact(args.stats)

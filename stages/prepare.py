@@ -2,7 +2,7 @@
 
 Writes data/prepared/{manifest.json, meta.json, images/}, reports/data/stats.json (DVC metrics)
 and reports/figures/data_samples.png as one set (all written first, then renamed into place
-together: pfcvr.output_set); logs params, stats (as metrics), the stats file and the figure to
+together: pfcvr.runtime.output_set); logs params, stats (as metrics), the stats file and the figure to
 the nested MLflow run `prepare`.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from pfcvr import paths
 from pfcvr.config import ConfigError, flatten, load_params
 from pfcvr.data.manifest import DataError
-from pfcvr.data.prepare import prepare, summary
-from pfcvr.errors import run_stage
+from pfcvr.pipeline.prepare import prepare, summary
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
 

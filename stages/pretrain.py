@@ -15,8 +15,8 @@ import sys
 
 from pfcvr import paths
 from pfcvr.config import flatten, load_params
-from pfcvr.errors import run_stage
-from pfcvr.pretrain import pretrain, write_outputs
+from pfcvr.pipeline.pretrain import pretrain, write_outputs
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
 
@@ -41,5 +41,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":   # a user error ends as one line (pfcvr.errors)
+if __name__ == "__main__":   # a user error ends as one line (pfcvr.runtime.stage)
     sys.exit(run_stage("pretrain", main))

@@ -3,18 +3,20 @@
 Reads reports/metrics/<variant>.json for every variant of `ablations` and reports/data/stats.json;
 writes reports/ablation.md, reports/ablation.json (DVC metrics) and reports/figures/ablation.png.
 Publishes to MLflow whenever it runs; like every stage it runs only when its inputs changed, so a
-second clone that `dvc pull`s the outputs runs nothing. The work is pfcvr.report.ablation_report.
+second clone that `dvc pull`s the outputs runs nothing. The work is
+pfcvr.pipeline.report.ablation_report.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pfcvr import paths, viz
+from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.errors import run_stage
-from pfcvr.io import write_json, write_text
-from pfcvr.report import ablation_report
+from pfcvr.pipeline.report import ablation_report
+from pfcvr.report.figures.ablation import ablation_figure
+from pfcvr.runtime.atomic import write_json, write_text
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
                                  paths.PRETRAIN_REPORTS / "stats.json")
         write_text(args.out_md, report.markdown)
         write_json(args.out_json, report.document)
-        viz.ablation_figure(report.figure_data, args.figure, mde=report.mde_values)
+        ablation_figure(report.figure_data, args.figure, mde=report.mde_values)
         metrics = report.mlflow_metrics()
         run.log_metrics(metrics)
         for path in outputs:

@@ -9,7 +9,7 @@ MODEL_CARD.md, reports/train/<variant>/{history.tsv,summary.json},
 reports/figures/train_<variant>.png and the nested MLflow run `train@<variant>`.
 
 Resume: a killed stage started again skips the finished seeds and resumes the one it was on
-(see pfcvr.engine.seeds); a checkpoint written for other params, data (images included),
+(see pfcvr.pipeline.train); a checkpoint written for other params, data (images included),
 backbone, code or world size is not resumed. A user error ends as one line naming its cause.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import sys
 from pfcvr import paths
 from pfcvr.config import load_params, variant_description
 from pfcvr.engine import distributed as D
-from pfcvr.engine.seeds import join_world, train_variant
-from pfcvr.errors import run_stage
+from pfcvr.pipeline.train import join_world, train_variant
+from pfcvr.runtime.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,5 +61,5 @@ def main(argv: list[str] | None = None) -> dict:
     return s
 
 
-if __name__ == "__main__":   # a user error ends as one line (pfcvr.errors), on rank 0 only
+if __name__ == "__main__":   # a user error ends as one line (pfcvr.runtime.stage), on rank 0 only
     sys.exit(run_stage("train", main, cleanup=D.destroy))

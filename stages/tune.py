@@ -5,7 +5,8 @@ reports/tune/best.md, reports/figures/tune_history.png and reports/figures/tune_
 and prints the `dvc exp run -S ...` line that applies the best params. Each trial is a nested MLflow
 run under the `tune` run. Several workers may run this at once against one OPTUNA_STORAGE.
 A study whose trials keep failing (or that completes none) stops with one line naming the last
-trial's error and exits 1; the study stays in its storage (pfcvr.tuning).
+trial's error and exits 1; the study stays in its storage (pfcvr.tuning.study). The work is
+pfcvr.pipeline.tune.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import sys
 
 from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.errors import run_stage
+from pfcvr.pipeline.tune import tune
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import repo_root, stage_run
-from pfcvr.tuning import storage_url, tune
-from pfcvr.tuning_store import check_storage
+from pfcvr.tuning.storage import check_storage
+from pfcvr.tuning.study import storage_url
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,7 +4,7 @@
 
 Reads models/pretrained/ (through `model.backbone`), data/prepared and data/parts/parts.json;
 writes reports/metrics/zero_shot.json, the report's zero-shot row, and logs R1 ... mINP to the
-nested MLflow run `zero_shot`. The work is pfcvr.engine.zero_shot.
+nested MLflow run `zero_shot`. The work is pfcvr.pipeline.zero_shot.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sys
 
 from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.engine.zero_shot import ZERO_SHOT, zero_shot_document
-from pfcvr.errors import run_stage
-from pfcvr.io import write_json
+from pfcvr.pipeline.zero_shot import ZERO_SHOT, zero_shot_document
+from pfcvr.runtime.atomic import write_json
+from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
 

@@ -10,7 +10,7 @@ from pfcvr.config import load_params
 from pfcvr.engine.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint,
                                      rng_state, save_checkpoint, set_rng_state)
 from pfcvr.engine.optim import build_optimizer, build_scheduler
-from tests.tmpfs import mounted_tmpfs
+from tests.support.tmpfs import mounted_tmpfs
 
 
 def _objects(seed=0):
@@ -113,7 +113,7 @@ def _big_objects():
 
 def test_disk_full_while_writing_a_checkpoint_names_the_file(small_disk):
     """Before: RuntimeError 'basic_ios::clear: iostream error' (or 'unexpected pos ...')."""
-    from pfcvr.storage import DiskSpaceError
+    from pfcvr.runtime.storage import DiskSpaceError
 
     model, opt = _big_objects()
     path = small_disk / "seed0" / "checkpoint.pt"
@@ -130,8 +130,8 @@ def test_disk_full_while_writing_a_checkpoint_names_the_file(small_disk):
 
 
 def test_write_failures_map_to_one_line(tmp_path, monkeypatch):
-    from pfcvr import storage
-    from pfcvr.storage import DiskSpaceError, WriteError, write_errors
+    from pfcvr.runtime import storage
+    from pfcvr.runtime.storage import DiskSpaceError, WriteError, write_errors
 
     with pytest.raises(DiskSpaceError, match=r"^disk full while writing the history /dev/full \("):
         with write_errors("/dev/full", "the history"), open("/dev/full", "w") as fh:
@@ -157,9 +157,9 @@ def test_write_failures_map_to_one_line(tmp_path, monkeypatch):
 
 
 def test_free_space_is_checked_before_the_first_step(tmp_path, monkeypatch):
-    from pfcvr import storage
     from pfcvr.engine.checkpoint import check_checkpoint_space, checkpoint_bytes
-    from pfcvr.storage import DiskSpaceError
+    from pfcvr.runtime import storage
+    from pfcvr.runtime.storage import DiskSpaceError
 
     model = nn.Linear(1000, 250)                       # 250,250 parameters
     assert checkpoint_bytes(model) == (3_003_000, 1_001_000)   # weights + AdamW moments, weights
@@ -177,8 +177,8 @@ def test_free_space_is_checked_before_the_first_step(tmp_path, monkeypatch):
 def test_trainer_refuses_to_start_on_a_full_disk(small_disk):
     from pfcvr.engine.loader import EpochLoader
     from pfcvr.engine.trainer import Trainer
-    from pfcvr.storage import DiskSpaceError
-    from tests.train_helpers import StandInData, StandInModel, collate, train_cfg, trainer_losses
+    from pfcvr.runtime.storage import DiskSpaceError
+    from tests.support.train_helpers import StandInData, StandInModel, collate, train_cfg, trainer_losses
 
     params = train_cfg(epochs=1)
     model = StandInModel(n_in=6, dim=400)              # ~ 0.2 M parameters: a few MB of checkpoints

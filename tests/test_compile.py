@@ -21,7 +21,7 @@ import torch
 
 from pfcvr.engine.compiled import compile_training_loss, training_loss
 from pfcvr.losses import Criterion
-from tests.model_helpers import CAPTIONS, FULL, KW, random_batch, small_model
+from tests.support.model_helpers import CAPTIONS, FULL, KW, random_batch, small_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = {**KW, "static_shapes": True}
@@ -214,7 +214,7 @@ def test_deferred_guard_skips_the_bad_update_and_stops_at_the_next_step(tmp_path
     import pfcvr.engine.trainer as T
     from pfcvr.engine.loader import EpochLoader, seed_everything
     from pfcvr.engine.trainer import NonFiniteLossError, Trainer
-    from tests.train_helpers import StandInData, StandInModel, collate, train_cfg, trainer_losses
+    from tests.support.train_helpers import StandInData, StandInModel, collate, train_cfg, trainer_losses
 
     real = T.build_optimizer
     monkeypatch.setattr(T, "build_optimizer",

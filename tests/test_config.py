@@ -149,6 +149,25 @@ def test_choices(raw):
     assert error_of(raw, {"train.precision": "fp8"}) == "train.precision='fp8': one of fp32 | bf16 | fp16"
 
 
+def test_data_source_choices_are_the_readers_table():
+    """`data.source` accepts exactly the embedded benchmark and the sources that
+    pfcvr.data.sources has a layout (a reader) for: a reader is added in one place."""
+    import typing
+
+    from pfcvr.data.sources import LAYOUTS
+    from pfcvr.params_schema import DataConfig
+
+    allowed = typing.get_args(DataConfig.model_fields["source"].annotation)
+    assert allowed == ("synthetic", *LAYOUTS)
+
+
+def test_reference_variant_is_the_one_the_report_compares_with(raw):
+    """`full` is written once (pfcvr.config.REFERENCE_VARIANT): report.variants must hold it."""
+    assert C.REFERENCE_VARIANT == "full"
+    message = error_of(raw, {"report.variants": ["no_part"]})
+    assert message.startswith("report.variants=['no_part']: must include 'full'")
+
+
 def test_wrong_types(raw):
     assert error_of(raw, {"train.epochs": "ten"}) == "train.epochs='ten': must be an integer"
     assert error_of(raw, {"train.epochs": 2.5}) == "train.epochs=2.5: must be an integer"

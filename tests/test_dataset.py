@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.dataset import (CLIP_MEAN, CLIP_STD, ImageDataset, ImageStore, ImageTextDataset,
                                 collate, load_split, part_masks, pid_map, rasterize_boxes,
                                 resample_grids)
-from pfcvr.data.tokenizer import Tokenizer
+from pfcvr.model.tokenizer import Tokenizer
 from tests.test_parts import COLORS, make_fixture, make_records, write_parts
 
 S, PATCH, G = 48, 6, 8

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.train_helpers import ddp_worker
+from tests.support.train_helpers import ddp_worker
 
 
 def _free_port() -> int:
@@ -55,7 +55,7 @@ def test_metrics_reduced_across_ranks(runs):
 
 
 def test_real_model_same_first_step_gradients(tmp_path):
-    from tests.train_helpers import ddp_real_worker, make_project
+    from tests.support.train_helpers import ddp_real_worker, make_project
 
     project = tmp_path / "project"
     project.mkdir()
@@ -85,7 +85,7 @@ def test_torchrun_stage_two_processes(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from tests.train_helpers import make_project
+    from tests.support.train_helpers import make_project
 
     root = Path(__file__).resolve().parents[1]
     project = tmp_path / "project"

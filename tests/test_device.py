@@ -1,4 +1,4 @@
-"""The one device resolver (pfcvr.device) and the places that use it."""
+"""The one device resolver (pfcvr.runtime.device) and the places that use it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfcvr.device import DeviceError, resolve_device
+from pfcvr.runtime.device import DeviceError, resolve_device
 
 PFCVR = Path(__file__).resolve().parents[1] / "pfcvr"
 CPU = torch.device("cpu")
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 def test_there_is_one_resolve_device():
     defining = sorted(str(p.relative_to(PFCVR)) for p in PFCVR.rglob("*.py")
                       if "def resolve_device(" in p.read_text())
-    assert defining == ["device.py"]
+    assert defining == ["runtime/device.py"]
     from pfcvr.engine import distributed as D
 
     assert D.resolve_device is resolve_device and D.DeviceError is DeviceError

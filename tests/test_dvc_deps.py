@@ -1,8 +1,9 @@
 """dvc.yaml dependencies cannot go stale: every project file a stage imports is a dep of it.
 
-The truth is derived from the code (tests/import_graph.py walks each stage's transitive imports);
-a stage whose dvc.yaml entry misses one would be reported "up to date" by `dvc repro` after that
-file changed. Listing a whole folder is accepted (it is honest: the folder's files are covered).
+The truth is derived from the code (tests/support/import_graph.py walks each stage's transitive
+imports); a stage whose dvc.yaml entry misses one would be reported "up to date" by `dvc repro`
+after that file changed. Listing a whole folder is accepted (it is honest: the folder's files are
+covered). And the other way: a stage that does not use the model does not depend on it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.import_graph import ROOT, transitive_files
+from tests.support.import_graph import ROOT, transitive_files
 
 DVC_YAML = ROOT / "dvc.yaml"
 
@@ -64,11 +65,49 @@ def test_deleting_one_dep_line_is_caught(stage):
     assert missing_deps(module, [d for d in deps if d != dropped]) == [dropped]
 
 
-def test_lazy_imports_count(tmp_path):
-    """An import inside a function is a dependency too: pfcvr.__init__'s lazy `load` import."""
-    files = {str(p.relative_to(ROOT)) for p in transitive_files("pfcvr")}
-    assert "pfcvr/__init__.py" in files and "pfcvr/config.py" in files
-    assert any(f.startswith("pfcvr/model/") for f in files)
+def test_lazy_imports_count():
+    """An import inside a function is a dependency too: pfcvr.data.oracle imports pfcvr.metrics
+    (torch) only when the oracle runs, and the prepare stage still depends on it."""
+    files = {str(p.relative_to(ROOT)) for p in transitive_files("pfcvr.data.oracle")}
+    assert "pfcvr/metrics.py" in files
+    module, deps = stage_commands(yaml.safe_load(DVC_YAML.read_text()))["prepare"]
+    assert "pfcvr/metrics.py" in deps
+
+
+MODEL_CODE = ("pfcvr/model/", "pfcvr/losses.py")
+
+
+def _model_files(files) -> list[str]:
+    return sorted(f for f in map(str, files) if f.startswith(MODEL_CODE))
+
+
+@pytest.mark.parametrize("stage", ["prepare", "parts", "report"])
+def test_stages_that_use_no_model_do_not_depend_on_it(stage):
+    """An edit to the model or a loss does not mark the data stages or the report stale: neither
+    their imports nor their dvc.yaml deps reach pfcvr/model/ or pfcvr/losses.py."""
+    module, deps = stage_commands(yaml.safe_load(DVC_YAML.read_text()))[stage]
+    imported = [p.relative_to(ROOT) for p in transitive_files(module)]
+    assert _model_files(imported) == [], f"{stage} imports {_model_files(imported)}"
+    assert _model_files(deps) == [] and "pfcvr/model" not in deps, \
+        f"dvc.yaml stage {stage} lists model code: {_model_files(deps)}"
+
+
+def test_project_code_never_calls_pfcvr_load():
+    """`pfcvr.load` reaches the model by name (importlib), which the import graph cannot see: so
+    no stage or library module may use it; they import pfcvr.model.io.load_model instead."""
+    import ast
+
+    users = []
+    for path in sorted([*(ROOT / "pfcvr").rglob("*.py"), *(ROOT / "stages").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "pfcvr" and \
+                    any(a.name == "load" for a in node.names):
+                users.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            elif isinstance(node, ast.Attribute) and node.attr == "load" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "pfcvr":
+                users.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert users == [], f"project code calls pfcvr.load (invisible to the deps check): {users}"
 
 
 def _dvc_paths(dvc: dict) -> set[str]:

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from dvc_render.vega import OPTIONAL_ANCHOR_RANGES
 
-from pfcvr import paths, plots_template
-from tests.offline_browser import colour_pixels, require_chromium, screenshot
+from pfcvr import paths
+from pfcvr.report import plots_page
+from tests.support.offline_browser import colour_pixels, require_chromium, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = "reports/train/full/history.tsv"
@@ -69,7 +70,7 @@ def test_dvc_config_points_at_the_built_template():
 def test_integrity_is_npm_sha512(tmp_path):
     f = tmp_path / "abc"
     f.write_bytes(b"abc")
-    assert plots_template.integrity(f) == (
+    assert plots_page.integrity(f) == (
         "sha512-3a81oZNherrMQXNJriBBMRLm+k6JqX6iCp7u5ktV05ohkpkqJ0/BqDa6PCOj/uu9RU1EI2Q86A4qmslPpUyknw==")
 
 
@@ -88,12 +89,12 @@ def _fake_package(tmp_path: Path, name: str, code: str, licence: str | None) -> 
 
 def test_render_inlines_bundles_in_order_with_licences(tmp_path, monkeypatch):
     names = ("vega", "vega-lite", "vega-embed")
-    monkeypatch.setattr(plots_template, "PACKAGES", {
+    monkeypatch.setattr(plots_page, "PACKAGES", {
         n: ("1.0.0", "unused", f"package/build/{n}.min.js") for n in names})
     tarballs = {n: _fake_package(tmp_path, n, f"window.{n.replace('-', '_')}=1;\n"
                                  f"//# sourceMappingURL={n}.min.js.map", None if n == "vega" else
                                  f"Copyright {n} authors") for n in names}
-    page = plots_template.render(tarballs)
+    page = plots_page.render(tarballs)
     assert page.index("window.vega=1") < page.index("window.vega_lite=1") < page.index(
         "window.vega_embed=1")
     assert "{plot_divs}" in page and "{refresh_tag}" in page
@@ -101,8 +102,8 @@ def test_render_inlines_bundles_in_order_with_licences(tmp_path, monkeypatch):
     assert "Copyright vega-lite authors" in page and "License: BSD-3-Clause" in page
 
     tarballs["vega"] = _fake_package(tmp_path / "bad", "vega", "s='</script>'", None)
-    with pytest.raises(plots_template.TemplateBuildError, match="</script"):
-        plots_template.render(tarballs)
+    with pytest.raises(plots_page.TemplateBuildError, match="</script"):
+        plots_page.render(tarballs)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_plots_show_draws_each_chart_offline(plots_repo):
 
     # Control: DVC's default page (vega from a CDN) draws nothing here, so the check can fail.
     fallback = plots_repo / "cdn_template.html"
-    fallback.write_text(plots_template.FALLBACK, encoding="utf-8")
+    fallback.write_text(plots_page.FALLBACK, encoding="utf-8")
     _run([_dvc(), "plots", "show", CMC, "--html-template", str(fallback), "-o", "cdn"], plots_repo)
     assert "cdn.jsdelivr.net" in (plots_repo / "cdn" / "index.html").read_text()
     png = screenshot((plots_repo / "cdn" / "index.html").as_uri(), plots_repo / "cdn.png")

@@ -147,7 +147,7 @@ def test_queued_experiments_in_parallel_on_a_fresh_store(tmp_path):
 
 def ui_statuses(db: Path) -> dict[str, list[str]]:
     """Run statuses as the MLflow UI gets them: the REST API of a real `mlflow server`."""
-    from tests.uicheck import MlflowServer
+    from tests.support.uicheck import MlflowServer
 
     with MlflowServer(f"sqlite:///{db}") as server:
         exp = server.api("experiments/get-by-name?experiment_name=pfcvr")["experiment"]
@@ -182,7 +182,7 @@ def model_folder(tmp_path_factory) -> Path:
     from pfcvr.config import load_params
     from pfcvr.data.dataset import load_split
     from pfcvr.model.io import save_model
-    from tests.eval_helpers import build_tiny_model, make_split_data, write_params
+    from tests.support.eval_helpers import build_tiny_model, make_split_data, write_params
 
     root = tmp_path_factory.mktemp("queue_model")
     params = load_params(write_params(root / "params.yaml", {"report.seeds": [0]}),
@@ -262,7 +262,7 @@ def test_queued_temp_and_named_experiments_are_recorded_like_the_workspace(tmp_p
     # the ablation view (the experiment's saved filter) lists all four evaluate@ runs
     from mlflow.tracking import MlflowClient
 
-    from pfcvr.tracking_views import ablation_view
+    from pfcvr.tracking.views import ablation_view
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("pfcvr")

@@ -1,11 +1,11 @@
-"""How a stage ends on an error (pfcvr.errors.run_stage): one line, exit 1; bugs keep tracebacks."""
+"""How a stage ends on an error (pfcvr.runtime.stage.run_stage): one line, exit 1; bugs keep tracebacks."""
 import errno
 
 import pytest
 
 from pfcvr.config import ConfigError
-from pfcvr.errors import run_stage
-from pfcvr.storage import DiskSpaceError
+from pfcvr.runtime.stage import run_stage
+from pfcvr.runtime.storage import DiskSpaceError
 
 
 def _raise(err):

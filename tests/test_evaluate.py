@@ -13,10 +13,11 @@ from pfcvr.config import load_params
 from pfcvr.data.dataset import ImageDataset, collate, load_split
 from pfcvr.engine.evaluate import (EvaluationError, Ranking, RetrievalResult, TopkItem,
                                    applicable_fusion, evaluate_retrieval)
-from pfcvr.engine.evaluate_variant import plan_evaluation, summarize_runs
-from pfcvr.metrics import retrieval_metrics
-from pfcvr.reporting import cmc_table
-from tests.eval_helpers import build_tiny_model, make_split_data, write_params
+from pfcvr.engine.ranking import retrieval_metrics
+from pfcvr.metrics import summarize_runs
+from pfcvr.pipeline.evaluate import plan_evaluation
+from pfcvr.report.cards import cmc_table
+from tests.support.eval_helpers import build_tiny_model, make_split_data, write_params
 
 SEEDS = (0, 1)
 

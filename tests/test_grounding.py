@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.grounding import (DetectorError, DetectorSettings, GroundingDetector, best_boxes,
                                   detector_device, prompt_phrases, resolve_detector)
 from tests.test_parts import _stage_env, make_fixture, run_stage

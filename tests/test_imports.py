@@ -6,7 +6,8 @@
 - Each module imports in a fresh interpreter of its own, so none depends on another module having
   been imported first.
 - ``import pfcvr`` loads neither torch nor the model package, so that light tools (the prepare
-  stage, the CLI's argument parsing) stay light.
+  stage, the CLI's argument parsing) stay light; the params, the metric names, the MLflow facade
+  and the ablation report load no torch either.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.import_graph import (PACKAGE, ROOT, find_cycle, import_graph, imports_in,
-                                module_names)
+import pytest
+
+from tests.support.import_graph import (PACKAGE, ROOT, find_cycle, import_graph, imports_in,
+                                        module_names)
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
        "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
@@ -142,10 +145,26 @@ def test_every_module_imports_alone():
     assert not failed, "\n\n".join(f"import {n} failed alone:\n{err}" for n, err in failed.items())
 
 
-def test_import_pfcvr_is_light():
-    code = ("import sys, pfcvr; print(' '.join(sorted(m for m in sys.modules if m in "
-            "('torch', 'transformers', 'mlflow', 'matplotlib') or m.startswith('pfcvr.model'))))")
+def _loaded(module: str) -> list[str]:
+    """The heavy libraries and model/loss modules that ``import <module>`` loads, in a fresh
+    interpreter."""
+    code = (f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m in "
+            "('torch', 'transformers', 'mlflow', 'matplotlib') or m.startswith('pfcvr.model') "
+            "or m == 'pfcvr.losses')))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [], f"`import pfcvr` loads {run.stdout.strip()}"
+    return run.stdout.split()
+
+
+def test_import_pfcvr_is_light():
+    assert _loaded("pfcvr") == [], "`import pfcvr` loads more than it should"
+
+
+@pytest.mark.parametrize("module", ["pfcvr.config", "pfcvr.metrics", "pfcvr.tracking",
+                                    "pfcvr.report.ablation", "pfcvr.pipeline.report"])
+def test_light_modules_load_no_torch(module):
+    """The params, the metric names (METRIC_NAMES), the MLflow facade and the ablation report
+    are read by light tools and by the report stage: none of them may load torch or the model."""
+    heavy = [m for m in _loaded(module) if m not in ("mlflow", "matplotlib")]
+    assert heavy == [], f"`import {module}` loads {heavy}"

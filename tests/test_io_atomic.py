@@ -1,5 +1,5 @@
 """Atomic outputs: temporaries name their owner, a killed writer's leftovers are removed by the
-next writer, and an output set (pfcvr.output_set) is published together or finished later."""
+next writer, and an output set (pfcvr.runtime.output_set) is published together or finished later."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pfcvr import io
-from pfcvr.output_set import OutputSet, journal_path, pending_outputs, recover
+from pfcvr.runtime import atomic
+from pfcvr.runtime.output_set import OutputSet, journal_path, pending_outputs, recover
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,23 +47,23 @@ def dot_entries(folder: Path) -> list[str]:
 
 def test_temp_names_carry_host_and_pid_and_only_dead_owners_are_stale(tmp_path):
     out = tmp_path / "prepared"
-    tmp = io.temp_name(out)
-    assert tmp.name.startswith(f".prepared.tmp-{io.HOST}-{os.getpid()}-")
-    mine = tmp_path / f".prepared.tmp-{io.HOST}-{os.getpid()}-abcd1234"
-    other_host = tmp_path / f".prepared.tmp-{'0' * 8 if io.HOST != '0' * 8 else '1' * 8}-999999-ab"
+    tmp = atomic.temp_name(out)
+    assert tmp.name.startswith(f".prepared.tmp-{atomic.HOST}-{os.getpid()}-")
+    mine = tmp_path / f".prepared.tmp-{atomic.HOST}-{os.getpid()}-abcd1234"
+    other_host = tmp_path / f".prepared.tmp-{'0' * 8 if atomic.HOST != '0' * 8 else '1' * 8}-999999-ab"
     legacy = tmp_path / ".prepared.k3j2h1.tmp"            # an older naming: owner unknown
-    lookalike = tmp_path / f".prepared_old.tmp-{io.HOST}-999999-ab"   # another output's
+    lookalike = tmp_path / f".prepared_old.tmp-{atomic.HOST}-999999-ab"   # another output's
     for p in (mine, other_host, legacy, lookalike):
         p.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f".prepared.tmp-{io.HOST}-{dead}-00ff"
+    stale = tmp_path / f".prepared.tmp-{atomic.HOST}-{dead}-00ff"
     stale.mkdir()
     (stale / "manifest.json").write_text("[]")
-    stale_file = tmp_path / f".prepared.old-{io.HOST}-{dead}-01"
+    stale_file = tmp_path / f".prepared.old-{atomic.HOST}-{dead}-01"
     stale_file.write_text("x")
-    assert io.stale_temps(out) == sorted([stale, stale_file])
-    assert io.remove_stale_temps(out) == sorted([stale, stale_file])
+    assert atomic.stale_temps(out) == sorted([stale, stale_file])
+    assert atomic.remove_stale_temps(out) == sorted([stale, stale_file])
     assert dot_entries(tmp_path) == sorted(p.name for p in (mine, other_host, legacy, lookalike))
 
 
@@ -72,7 +72,7 @@ def test_killed_atomic_dir_writers_leave_one_temp_each_and_the_next_run_removes_
     code = f"""
         import time
         from pathlib import Path
-        from pfcvr.io import atomic_dir
+        from pfcvr.runtime.atomic import atomic_dir
         with atomic_dir({str(out)!r}) as tmp:
             (tmp / "manifest.json").write_text("[1]")
             Path({str(tmp_path / 'ready')!r}).write_text(str(tmp))
@@ -86,9 +86,9 @@ def test_killed_atomic_dir_writers_leave_one_temp_each_and_the_next_run_removes_
         leftovers = dot_entries(out.parent)
         # each attempt removed the previous attempt's leftover: one, not one per attempt
         assert len(leftovers) == 1 and leftovers[0] not in seen
-        assert leftovers[0].startswith(f".prepared.tmp-{io.HOST}-{proc.pid}-")
+        assert leftovers[0].startswith(f".prepared.tmp-{atomic.HOST}-{proc.pid}-")
         seen.append(leftovers[0])
-    with io.atomic_dir(out) as tmp:
+    with atomic.atomic_dir(out) as tmp:
         (tmp / "manifest.json").write_text("[2]")
     assert dot_entries(out.parent) == []                      # the last leftover removed too
     assert (out / "manifest.json").read_text() == "[2]"
@@ -97,12 +97,12 @@ def test_killed_atomic_dir_writers_leave_one_temp_each_and_the_next_run_removes_
 def test_atomic_dir_replaces_a_folder_as_a_whole(tmp_path):
     out = tmp_path / "prepared"
     for n in (1, 2):
-        with io.atomic_dir(out) as tmp:
+        with atomic.atomic_dir(out) as tmp:
             (tmp / f"v{n}.txt").write_text(str(n))
     assert sorted(p.name for p in out.iterdir()) == ["v2.txt"]
     assert dot_entries(tmp_path) == []
     with pytest.raises(RuntimeError):
-        with io.atomic_dir(out) as tmp:
+        with atomic.atomic_dir(out) as tmp:
             (tmp / "v3.txt").write_text("3")
             raise RuntimeError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["v2.txt"] and dot_entries(tmp_path) == []
@@ -111,7 +111,7 @@ def test_atomic_dir_replaces_a_folder_as_a_whole(tmp_path):
 def test_read_json_accepts_a_byte_order_mark(tmp_path):
     f = tmp_path / "m.json"
     f.write_bytes(b"\xef\xbb\xbf" + b'[{"a": 1}]')
-    assert io.read_json(f) == [{"a": 1}]
+    assert atomic.read_json(f) == [{"a": 1}]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_a_set_killed_between_its_renames_is_visible_as_pending_and_finished_nex
     code = f"""
         import os, signal
         from pathlib import Path
-        import pfcvr.output_set as S
+        import pfcvr.runtime.output_set as S
         from tests.test_io_atomic import write_set
         real = S._place
         def place(kind, temp, final):

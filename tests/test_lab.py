@@ -1,6 +1,6 @@
 """A lab's setup against real servers (issue 22): PostgreSQL, an MLflow server, a DVC remote.
 
-`python -m pfcvr.lab_server start` (what `make lab-server` runs) starts Debian's PostgreSQL as an
+`python -m pfcvr.tracking.lab start` (what `make lab-server` runs) starts Debian's PostgreSQL as an
 unprivileged user in a temporary folder on a free 127.0.0.1 port, and `mlflow server
 --backend-store-uri postgresql://... --serve-artifacts` with accounts (basic-auth) over it. Two
 clones of the repository act as two machines (as root, clone B runs in a UTS namespace of its own,
@@ -18,7 +18,7 @@ so its host name differs, as another machine's would):
 4. bad input stops a stage before work with one line, the password hidden, nothing written:
    server down, wrong password (MLflow account, PostgreSQL), not an MLflow server, sqlite URIs
    to a missing folder;
-5. the Optuna dashboard (`make tune-ui` = `python -m pfcvr.dashboard`) opens the PostgreSQL
+5. the Optuna dashboard (`make tune-ui` = `python -m pfcvr.tuning.dashboard`) opens the PostgreSQL
    storage and lists the study.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ import pytest
 import yaml
 
 from pfcvr.config import read_raw, set_dotted
-from pfcvr.lab_server import LabError, free_port, pg_binaries
+from pfcvr.runtime.postgres import LabError, pg_binaries
+from pfcvr.tracking.lab import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -121,13 +122,13 @@ def lab():
                     GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                     GIT_COMMITTER_EMAIL="t@t")
     started = time.monotonic()
-    run([sys.executable, "-m", "pfcvr.lab_server", "start", "--dir", str(folder),
+    run([sys.executable, "-m", "pfcvr.tracking.lab", "start", "--dir", str(folder),
          "--port", str(port), "--pg-port", str(pg_port), "--workers", "1",
          "--public-host", "127.0.0.1"], ROOT, base_env, timeout=300)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME",
                                               "MLFLOW_TRACKING_PASSWORD")}
     try:
-        lines = run([sys.executable, "-m", "pfcvr.lab_server", "env", "--dir", str(folder),
+        lines = run([sys.executable, "-m", "pfcvr.tracking.lab", "env", "--dir", str(folder),
                      "--public-host", "127.0.0.1"], ROOT, base_env).stdout
         member = dict(line.removeprefix("export ").split("=", 1) for line in lines.splitlines())
         env = {**base_env, **member}
@@ -152,7 +153,7 @@ def lab():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        subprocess.run([sys.executable, "-m", "pfcvr.lab_server", "stop", "--dir", str(folder)],
+        subprocess.run([sys.executable, "-m", "pfcvr.tracking.lab", "stop", "--dir", str(folder)],
                        cwd=ROOT, env=base_env, capture_output=True, timeout=120)
         shutil.rmtree(home, ignore_errors=True)
 
@@ -246,7 +247,7 @@ def test_two_machines_share_one_tracking_server_and_one_study(lab):
     assert {v.run_id for v in versions} == evaluate_ids and len(versions) == 2
     import mlflow.artifacts
 
-    from pfcvr.tracking_client import process_store
+    from pfcvr.tracking.client import process_store
 
     with process_store(uri):   # `models:/` is resolved through the process-wide registry URI
         folder = mlflow.artifacts.download_artifacts("models:/pfcvr-full/1",
@@ -360,7 +361,7 @@ def test_bad_input_is_one_line_and_writes_nothing(lab):
 
 def test_the_dashboard_opens_the_postgresql_storage(lab):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pfcvr.dashboard", "127.0.0.1", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "pfcvr.tuning.dashboard", "127.0.0.1", str(port)],
                             cwd=lab["a"], env=lab["env"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

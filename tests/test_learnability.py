@@ -9,8 +9,8 @@ import pytest
 
 from pfcvr.config import load_params
 from pfcvr.data.oracle import attribute_oracle
-from pfcvr.io import read_json
-from tests.eval_helpers import REPO, build_tiny_model, make_split_data, write_params
+from pfcvr.runtime.atomic import read_json
+from tests.support.eval_helpers import REPO, build_tiny_model, make_split_data, write_params
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import learnability as L  # noqa: E402

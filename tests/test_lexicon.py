@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.lexicon import (PART_WORDS, WORD_TO_CATEGORY, assign_phrases, clause_categories,
                                 phrase_category, split_clauses, words)
 

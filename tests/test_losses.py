@@ -1,4 +1,4 @@
-"""The five losses against direct transcriptions of method §4, and the weighting."""
+"""The five losses against direct transcriptions of docs/method.md §4, and the weighting."""
 from __future__ import annotations
 
 import math

@@ -4,8 +4,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from pfcvr.metrics import (MetricsError, cmc_curve, feature_similarity_rows, rank_statistics,
-                           rank_statistics_chunked, retrieval_metrics)
+from pfcvr.engine.ranking import (cmc_curve, feature_similarity_rows, rank_statistics,
+                                  rank_statistics_chunked, retrieval_metrics)
+from pfcvr.metrics import METRIC_NAMES, MetricsError, RankStats
 
 
 def _ranked_row(positive_ranks, n_gallery):
@@ -174,7 +175,7 @@ def test_cuda_input_gives_the_cpu_result():
 
 def test_many_positives_take_the_searchsorted_path():
     # 40 positives per query (> COMPARE_MAX_POSITIVES): same numbers as the sort reference.
-    from pfcvr import metrics
+    from pfcvr.engine import ranking as metrics
 
     rng = np.random.default_rng(6)
     gids = np.repeat(np.arange(5), 40)
@@ -188,7 +189,7 @@ def test_many_positives_take_the_searchsorted_path():
 
 
 def test_compare_and_searchsorted_paths_agree(monkeypatch):
-    from pfcvr import metrics
+    from pfcvr.engine import ranking as metrics
 
     rng = np.random.default_rng(7)
     gids = rng.integers(0, 20, size=150)
@@ -205,3 +206,13 @@ def test_compare_and_searchsorted_paths_agree(monkeypatch):
 def test_integer_scores_are_accepted():
     m = retrieval_metrics(np.array([[3, 1, 2]]), [7], [7, 8, 7])
     assert m["mAP"] == pytest.approx(100 * (1 / 1 + 2 / 2) / 2)
+
+
+def test_metric_names_are_what_the_ranks_give():
+    """METRIC_NAMES (the report, the MLflow view, the metrics files) and RankStats.metrics (what
+    is computed) name the same metrics in the same order: a metric added to one is added to
+    both."""
+    stats = RankStats(first_rank=np.array([1, 3]), ap=np.array([1.0, 0.5]),
+                      inp=np.array([1.0, 0.25]), n_pos=np.array([1, 2]))
+    assert tuple(stats.metrics()) == METRIC_NAMES
+    assert tuple(retrieval_metrics(np.array([[0.9, 0.1]]), [1], [1, 2])) == METRIC_NAMES

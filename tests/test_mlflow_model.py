@@ -21,7 +21,8 @@ from pfcvr.config import load_params
 from pfcvr.data.dataset import load_split
 from pfcvr.model.io import load_model, save_model
 from pfcvr.tracking import stage_run
-from tests.eval_helpers import build_tiny_model, make_split_data, write_params
+from pfcvr.tracking.model import log_model
+from tests.support.eval_helpers import build_tiny_model, make_split_data, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fresh process that loads the registered model with every proxy pointing at a closed port
@@ -76,9 +77,9 @@ def test_registered_model_round_trip_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "workspace")
     with stage_run("evaluate", tiny["params"], variant="full", required=True) as run:
-        run.log_model(tiny["folder"], "pfcvr-full", metadata={"variant": "full", "seed": 0})
+        log_model(run, tiny["folder"], "pfcvr-full", metadata={"variant": "full", "seed": 0})
     with stage_run("evaluate", tiny["params"], variant="full", required=True) as rerun:
-        rerun.log_model(tiny["folder"], "pfcvr-full")      # a rerun: version 2 is the latest
+        log_model(rerun, tiny["folder"], "pfcvr-full")      # a rerun: version 2 is the latest
     mc = run.client
     versions = sorted(mc.search_model_versions("name = 'pfcvr-full'"), key=lambda v: int(v.version))
     assert [str(v.version) for v in versions] == ["1", "2"]
@@ -122,7 +123,7 @@ def test_registered_model_round_trip_offline(tiny, tmp_path, monkeypatch):
     reqs = (folder / "requirements.txt").read_text().splitlines()
     assert f"torch=={torch.__version__.split('+')[0]}" in [r.split("+")[0] for r in reqs]
     assert (folder / "input_example.json").is_file()
-    assert (folder / "code/pfcvr/tracking_model.py").is_file()
+    assert (folder / "code/pfcvr/tracking/model.py").is_file()
     assert (folder / "artifacts/best/model.safetensors").is_file()
 
 
@@ -137,7 +138,7 @@ def _model_dir(model_id: str, dest: Path) -> str:
 
 
 def test_rows_must_set_one_column_and_images_must_decode(tiny):
-    from pfcvr.tracking_model import embed, example_image
+    from pfcvr.tracking.model import embed, example_image
 
     model = load_model(tiny["folder"]).eval()
     ok = embed(model, pd.DataFrame({"caption": ["a red car"]}))   # no image column at all
@@ -154,5 +155,5 @@ def test_disabled_run_logs_no_model(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
     with pytest.warns(UserWarning, match="going on without MLflow tracking"):
         with stage_run("evaluate", variant="full", required=False) as run:
-            run.log_model(tiny["folder"], "pfcvr-full")     # a no-op, not an error
+            log_model(run, tiny["folder"], "pfcvr-full")     # a no-op, not an error
     assert not run.enabled

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.model import build_model, build_tokenizer
 from pfcvr.model.masking import corrupt_captions, ordinary_ids, patch_mask, removed_count
 from pfcvr.model.pfcvr import patchify
-from tests.model_helpers import (CAPTIONS, FULL, KW, model_cfg, random_batch, save_tiny_clip,
+from tests.support.model_helpers import (CAPTIONS, FULL, KW, model_cfg, random_batch, save_tiny_clip,
                                  small_model, train_forward, weights)
 
 

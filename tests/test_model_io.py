@@ -10,7 +10,7 @@ import torch
 import pfcvr
 from pfcvr.model import build_model, build_tokenizer
 from pfcvr.model.io import load_model, resolve_model_folder, save_model
-from tests.model_helpers import (CAPTIONS, FULL, model_cfg, random_batch, save_tiny_clip,
+from tests.support.model_helpers import (CAPTIONS, FULL, model_cfg, random_batch, save_tiny_clip,
                                  small_model, train_forward)
 
 

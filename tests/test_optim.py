@@ -140,7 +140,7 @@ def test_groups_of_the_real_model():
     """On PFCVR itself: the MLM branch and the ID classifier are the new modules, nothing else."""
     from pfcvr.config import parse_params, read_raw, set_dotted
     from pfcvr.model import build_model, build_tokenizer
-    from tests.train_helpers import TINY
+    from tests.support.train_helpers import TINY
 
     raw = read_raw("params.yaml")
     for k, v in TINY.items():

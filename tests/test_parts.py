@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pfcvr.config import PART_CATEGORIES
 from pfcvr.data import parts as P
+from pfcvr.data.categories import PART_CATEGORIES
 
 # Part colours painted into the fixture images (crops in the figure must show them).
 COLORS = {"windows": (40, 90, 220), "lights": (250, 230, 40), "wheels": (20, 20, 20),
@@ -406,11 +406,11 @@ def test_annotations_on_a_large_manifest():
 
 if os.environ.get("PFCVR_KEEP_FIGURE"):  # pragma: no cover - manual look at the figure
     def test_write_figure_for_inspection(tmp_path):
-        from pfcvr import viz
+        from pfcvr.report.figures.data import part_pairs_figure
 
         prepared = make_fixture(tmp_path)
         doc, _ = P.build_parts(json.loads((prepared / "manifest.json").read_text()), "annotations")
-        viz.part_pairs_figure(P.figure_items(doc, prepared / "images"), os.environ["PFCVR_KEEP_FIGURE"])
+        part_pairs_figure(P.figure_items(doc, prepared / "images"), os.environ["PFCVR_KEEP_FIGURE"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,8 +514,8 @@ def test_unknown_category_ignore_keeps_the_known_parts(tmp_path, monkeypatch):
 
 
 def test_stage_user_error_ends_as_one_line(tmp_path, monkeypatch, capsys):
-    """`python -m stages.parts` wraps main in pfcvr.errors.run_stage: bad part data is one line."""
-    from pfcvr.errors import run_stage
+    """`python -m stages.parts` wraps main in pfcvr.runtime.stage.run_stage: bad part data is one line."""
+    from pfcvr.runtime.stage import run_stage
     from stages.parts import main
 
     _stage_env(tmp_path, monkeypatch)

@@ -3,12 +3,12 @@
 One module-scoped `dvc repro` feeds every test here:
 - every stage's outputs exist and hold sane values;
 - every key of params.yaml is read by some stage, and each stage lists in dvc.yaml the params it
-  reads (tests/record_params/sitecustomize.py, on the stages' PYTHONPATH with PFCVR_RECORD_PARAMS
+  reads (tests/support/record_params/sitecustomize.py, on the stages' PYTHONPATH with PFCVR_RECORD_PARAMS
   set, records the reads; dvc.lock says what DVC tracks);
 - MLflow holds one parent run with the nested stage runs, seen through a real `mlflow server`'s REST
   API and in headless Chromium; offline, the pages `make ui` prints open on the variant runs with
   R1 ... mINP columns and compare them, no parent run stays RUNNING, and each variant's registered
-  model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the README's screenshots);
+  model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the screenshots of docs/tracking.md);
 - `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
   `dvc exp show` and as a new MLflow parent run; a queued experiment writes to the same store.
 """
@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pfcvr.config import PART_CATEGORIES, read_raw, set_dotted
-from tests.offline_browser import require_chromium
+from pfcvr.config import read_raw, set_dotted
+from pfcvr.data.categories import PART_CATEGORIES
+from tests.support.offline_browser import require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,7 +85,7 @@ def pipeline(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "DVC_", "OPTUNA_"))}
     # The recorder lives in the tests, not the library: Python imports its sitecustomize at start-up.
-    recorder = os.pathsep.join(filter(None, [str(ROOT / "tests" / "record_params"),
+    recorder = os.pathsep.join(filter(None, [str(ROOT / "tests" / "support" / "record_params"),
                                              env.get("PYTHONPATH")]))
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PFCVR_RECORD_PARAMS=str(record),
                PYTHONPATH=recorder,
@@ -166,7 +167,7 @@ def test_each_stage_lists_the_params_it_reads(pipeline):
 
 
 def test_mlflow_runs_and_ui(pipeline, tmp_path):
-    from tests.uicheck import MlflowServer, check_ui
+    from tests.support.uicheck import MlflowServer, check_ui
 
     store = f"sqlite:///{pipeline['repo'] / 'mlflow.db'}"
     with MlflowServer(store) as server:
@@ -238,8 +239,8 @@ def test_mlflow_ui_opens_on_the_ablation(pipeline, tmp_path, monkeypatch):
     the printed runs page opens on the variant runs with R1 ... mINP columns, every parent run
     (workspace and mask03) is FINISHED, the printed compare page puts the variants side by side,
     and each variant's best model is registered and embeds a caption. PFCVR_UPDATE_FIGURES=1
-    writes the screenshots to reports/figures/ (the README shows them)."""
-    from tests.uicheck import check_ui
+    writes the screenshots to reports/figures/ (docs/tracking.md shows them)."""
+    from tests.support.uicheck import check_ui
 
     require_chromium()
     repo, env = pipeline["repo"], pipeline["env"]

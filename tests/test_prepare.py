@@ -12,10 +12,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pfcvr.config import PART_CATEGORIES, load_params, read_raw, set_dotted
+from pfcvr.config import load_params, read_raw, set_dotted
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.manifest import DataError, load_manifest
-from pfcvr.data.prepare import prepare
 from pfcvr.data.readers import DEFAULT_ANNOTATIONS
+from pfcvr.pipeline.prepare import prepare
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_readers import t2i_dataset  # noqa: E402  (fixture builder in the real JSON layout)
@@ -150,8 +151,8 @@ def test_dvc_yaml_prepare_stage_lists_its_code_params_and_outputs():
     assert stage["metrics"] == [{"reports/data/stats.json": {"cache": False}}]
     assert stage["plots"] == [{"reports/figures/data_samples.png": {"cache": False}}]
     # every project module the stage imports is a dependency, and the lazily imported ones
-    assert {"pfcvr/metrics.py", "pfcvr/viz.py"} <= set(stage["deps"])
-    code = ("import sys, stages.prepare, pfcvr.viz; "
+    assert {"pfcvr/metrics.py", "pfcvr/report/figures/data.py"} <= set(stage["deps"])
+    code = ("import sys, stages.prepare, pfcvr.report.figures.data; "
             "print('\\n'.join(sorted(m.__file__ for m in list(sys.modules.values()) "
             "if getattr(m, '__file__', None))))")
     files = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

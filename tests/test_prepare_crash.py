@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pfcvr.config import load_params
-from pfcvr.data.prepare import prepare
-from pfcvr.output_set import pending_outputs
+from pfcvr.pipeline.prepare import prepare
+from pfcvr.runtime.output_set import pending_outputs
 from tests.test_io_atomic import dot_entries, kill9, run_until
 from tests.test_prepare import outputs, write_params
 
@@ -20,8 +20,8 @@ def prepare_in_subprocess(tmp_path: Path, params: Path, patch: str) -> str:
     return f"""
         import os, signal, time
         from pathlib import Path
-        import pfcvr.data.prepare as P
-        import pfcvr.output_set as S
+        import pfcvr.pipeline.prepare as P
+        import pfcvr.runtime.output_set as S
         from pfcvr.config import load_params
         READY = Path({str(tmp_path / 'ready')!r})
 {patch}
@@ -56,7 +56,7 @@ def test_a_killed_prepare_leaves_one_temp_set_that_the_next_run_removes(tmp_path
 
 
 def test_prepare_killed_after_the_data_swap_is_finished_by_the_next_run(tmp_path):
-    from pfcvr.data.parts import PartsJob
+    from pfcvr.pipeline.parts import PartsJob
 
     out, stats, fig = outputs(tmp_path)
     first = load_params(write_params(tmp_path / "a.yaml"))

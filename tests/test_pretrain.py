@@ -17,9 +17,10 @@ import torch
 from pfcvr.config import load_params
 from pfcvr.data.synthetic.corpus import (CORPUS_STREAM, alt_text, build_corpus, identity_key,
                                          sample_corpus_identities)
-from pfcvr.io import read_json
-from pfcvr.pretrain import benchmark_identity_keys, info_nce
-from tests.train_helpers import make_project
+from pfcvr.losses import info_nce
+from pfcvr.pipeline.pretrain import benchmark_identity_keys
+from pfcvr.runtime.atomic import read_json
+from tests.support.train_helpers import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"pretrain.n_ids": 48, "pretrain.images_per_id": 2, "pretrain.steps": 6,
@@ -144,8 +145,8 @@ def test_pretrain_stage_killed_resumes_to_the_uninterrupted_result(project, tmp_
 
 def test_pretrained_backbone_loads_with_its_tokenizer_and_evaluates_zero_shot(project, tmp_path,
                                                                              monkeypatch):
-    from pfcvr.engine.zero_shot import zero_shot_document
     from pfcvr.model import build_model, build_tokenizer
+    from pfcvr.pipeline.zero_shot import zero_shot_document
 
     if not (project / "models/pretrained").is_dir():
         _run(project, _env(tmp_path))
@@ -180,7 +181,7 @@ def test_pretrained_backbone_before_the_pretrain_stage_is_a_one_line_error(tmp_p
 def test_zero_shot_of_the_tiny_backbone_is_a_chance_level_row(project, monkeypatch):
     """`-S model.backbone=tiny` keeps the zero_shot stage working: its tokenizer is learned on the
     training captions (as training does) and the random network's row measures chance."""
-    from pfcvr.engine.zero_shot import zero_shot_document
+    from pfcvr.pipeline.zero_shot import zero_shot_document
 
     monkeypatch.chdir(project)
     params = load_params(project / "params.yaml")
@@ -199,7 +200,7 @@ def test_a_warm_up_as_long_as_the_pretraining_is_refused(project):
 
 def test_a_checkpoint_of_other_params_is_not_resumed_and_says_so(project, tmp_path, capsys):
     from pfcvr.engine.checkpoint import save_checkpoint
-    from pfcvr.pretrain import pretrain
+    from pfcvr.pipeline.pretrain import pretrain
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -98,7 +98,7 @@ def test_rstpreid_reads_img_path_and_its_three_splits(tmp_path):
 def test_prepare_and_parts_run_on_rstpreid(tmp_path):
     from pfcvr.config import load_params
     from pfcvr.data.parts import build_parts
-    from pfcvr.data.prepare import prepare
+    from pfcvr.pipeline.prepare import prepare
     from tests.test_prepare import outputs, write_params
 
     ds = tmp_path / "RSTPReid"
@@ -145,7 +145,7 @@ def test_prepare_counts_40_images_for_40_files_and_the_test_gallery_holds_each_o
     from pfcvr.config import load_params
     from pfcvr.data.dataset import load_split
     from pfcvr.data.parts import build_parts
-    from pfcvr.data.prepare import prepare
+    from pfcvr.pipeline.prepare import prepare
     from tests.test_prepare import outputs, write_params
 
     ds = tmp_path / "CUHK-PEDES"

@@ -1,11 +1,13 @@
-"""Every `-S` line of README.md and of the params.yaml comments does what the README says.
+"""Every `-S` line of the documentation (README.md, every docs/*.md page, benchmarks/README.md)
+and of the params.yaml comments does what the documentation says.
 
 DVC parses `-S` with Hydra's override grammar, so a line can fail in DVC before our config sees
 it. Each line's overrides are applied to a copy of params.yaml by DVC's own code
 (`dvc.utils.hydra.apply_overrides`, what `dvc exp run -S` and `--queue` call) and the result is
 validated by `pfcvr.config.load_params`: every line must load, except the error examples of the
-README's Parameters section, whose printed output is compared with what the real `dvc exp run`
-prints in a scratch git + DVC project.
+Parameters section (docs/experiments.md), whose printed output is compared with what the real
+`dvc exp run` prints in a scratch git + DVC project. A documentation page that is missing fails
+(tests/test_docs.py `documentation`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pfcvr.config import ConfigError, load_params, to_dict
+from tests.test_docs import documentation
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,19 +51,20 @@ def overrides(fragment: str) -> list[str]:
 
 
 def documented_lines() -> list[list[str]]:
-    readme = fragments((ROOT / "README.md").read_text())
+    docs = [line for page in documentation() for line in fragments(page.read_text())]
     comments = [line.split("#", 1)[1] for line in (ROOT / "params.yaml").read_text().splitlines()
                 if "#" in line]
-    return [o for o in map(overrides, readme + [f"`{c}`" for c in comments]) if o]
+    return [o for o in map(overrides, docs + [f"`{c}`" for c in comments]) if o]
 
 
 def error_examples() -> list[tuple[str, list[str]]]:
-    """(command, printed lines) of the `$ dvc exp run` block of the README's Parameters section."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"^```\n(\$ dvc exp run .*?)^```", text, flags=re.S | re.M)
-    assert block, "the README's block of -S error examples is gone"
+    """(command, printed lines) of the one `$ dvc exp run` block of the documentation (the
+    Parameters section of docs/experiments.md)."""
+    blocks = [block for page in documentation() for block in
+              re.findall(r"^```\n(\$ dvc exp run .*?)^```", page.read_text(), flags=re.S | re.M)]
+    assert len(blocks) == 1, f"expected one block of -S error examples in the docs, found {len(blocks)}"
     out: list[tuple[str, list[str]]] = []
-    for line in block[1].splitlines():
+    for line in blocks[0].splitlines():
         if line.startswith("$ "):
             out.append((line[2:], []))
         else:
@@ -77,7 +81,7 @@ def apply(tmp_path: Path, values: list[str]) -> Path:
     return params
 
 
-def test_the_readme_has_the_lines_this_test_runs():
+def test_the_docs_have_the_lines_this_test_runs():
     lines = documented_lines()
     assert ["train.weights.part=0.5"] in lines and ["train.cpu_threads=0"] in lines
     assert any("train.warmup_epochs=5" in o for o in lines)     # the multi-line real-data run
@@ -144,7 +148,7 @@ def test_tune_space_ranges_take_ordinary_overrides(tmp_path):
         folder.mkdir()
         return ranges_after(folder, list(values))
 
-    lines = documented_lines()   # the README and params.yaml show each form
+    lines = documented_lines()   # the documentation and params.yaml show each form
     for line in (["tune.space.train.mask_ratio=[0.2,0.8]"], ["~tune.space.train.text_mask_ratio"],
                  ["+tune.space.train.lr=[1e-5,1e-3]"]):
         assert line in lines
@@ -175,7 +179,7 @@ def test_tune_space_ranges_take_ordinary_overrides(tmp_path):
         assert "To append to your config use +" in str(cause), cause
 
 
-def test_config_error_examples_print_what_the_readme_shows(tmp_path):
+def test_config_error_examples_print_what_the_docs_show(tmp_path):
     for k, (cmd, printed) in enumerate(error_examples()):
         if not printed[0].startswith("ConfigError: "):
             continue
@@ -206,7 +210,7 @@ def scratch_repo(tmp_path_factory) -> tuple[Path, dict]:
     return repo, env
 
 
-def test_dvc_itself_refuses_an_unknown_key_as_the_readme_shows(scratch_repo):
+def test_dvc_itself_refuses_an_unknown_key_as_the_docs_show(scratch_repo):
     repo, env = scratch_repo
     cmd, printed = next((c, p) for c, p in error_examples() if p[0].startswith("ERROR: "))
     words = shlex.split(cmd)

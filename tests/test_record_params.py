@@ -1,4 +1,4 @@
-"""The params-read recorder of tests/record_params (used by the slow pipeline test), tested fast.
+"""The params-read recorder of tests/support/record_params (used by the slow pipeline test), tested fast.
 
 Each case runs a fresh interpreter with the recorder's folder on PYTHONPATH, as `dvc repro` runs a
 stage in tests/test_pipeline.py, and checks the recorded dotted keys exactly.
@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDER = ROOT / "tests" / "record_params"
+RECORDER = ROOT / "tests" / "support" / "record_params"
 
 
 def recorded(tmp_path: Path, code: str, stage: str | None = "teststage") -> list[str]:

@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from pfcvr import viz
-from pfcvr.io import write_json
-from pfcvr.report import (METRICS, ablation_json, ablation_markdown, collect, compare, noise_band,
-                          paired_comparison)
+from pfcvr.metrics import METRIC_NAMES as METRICS
+from pfcvr.report.ablation import (ablation_json, ablation_markdown, collect, compare, noise_band,
+                                   paired_comparison)
+from pfcvr.report.figures.ablation import ablation_figure
+from pfcvr.runtime.atomic import write_json
 
 
 def _cell(runs):
@@ -64,12 +65,12 @@ def test_ablation_figure_writes_png(tmp_path):
     out = tmp_path / "fig.png"
     paired = paired_comparison(collect(["full", "baseline"], tmp_path))
     data = {v: {m: p.as_dict() for m, p in cells.items()} for v, cells in paired.items()}
-    viz.ablation_figure(data, out, mde={"R1": 2.0, "mAP": None})
+    ablation_figure(data, out, mde={"R1": 2.0, "mAP": None})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_diagnosis_against_the_attribute_oracle(tmp_path):
-    from pfcvr.report import diagnosis
+    from pfcvr.report.ablation import diagnosis
     _write(tmp_path, "full", [9.0, 10.0, 11.0], [12.0, 12.5, 13.0])
     _write(tmp_path, "no_part", [9.5, 10.0, 10.5], [12.0, 12.5, 13.0])
     table = collect(["full", "no_part"], tmp_path)
@@ -90,7 +91,7 @@ def test_zero_shot_row_and_pretraining_line_in_the_report(tmp_path):
     """Issue 10: the paper's first row (the pretrained backbone, no fine-tuning), one run, no
     spread and no paired comparison; the pretraining corpus and its disjointness in the setup."""
     from pfcvr.config import load_params
-    from pfcvr.report import ablation_report
+    from pfcvr.pipeline.report import ablation_report
 
     params = load_params("params.yaml", overrides={"report.variants": ["full", "no_part"]})
     _write(tmp_path, "full", [30.0, 32.0, 34.0], [20.0, 21.0, 22.0])
@@ -194,7 +195,7 @@ def test_single_seed_difference_is_not_called_significant(tmp_path):
 
 
 def test_single_seed_diagnosis_makes_no_noise_claim(tmp_path):
-    from pfcvr.report import diagnosis
+    from pfcvr.report.ablation import diagnosis
     _single(tmp_path, "full", 30.0)
     _single(tmp_path, "no_part", 30.0)
     table = collect(["full", "no_part"], tmp_path)
@@ -212,7 +213,7 @@ def test_several_seeds_keep_the_noise_verdict_and_flag(tmp_path):
 
 
 def test_single_seed_cards_show_no_spread():
-    from pfcvr.reporting import evaluation_card, mean_std
+    from pfcvr.report.cards import evaluation_card, mean_std
 
     assert mean_std({"mean": 12.345, "std": 0.0, "runs": [12.345]}) == "12.35 (1 seed)"
     assert mean_std({"mean": 12.0, "std": 1.5, "runs": [10.5, 13.5]}) == "12.00 ± 1.50"
@@ -236,7 +237,7 @@ def _seeded(tmp_path, variant, seeds, r1_runs, map_runs=None):
 def test_paired_interval_matches_a_hand_computed_example():
     from scipy import stats
 
-    from pfcvr.paired import paired_difference
+    from pfcvr.report.paired import paired_difference
 
     # differences variant - full per seed: [1, 2, 4]
     p = paired_difference([11.0, 22.0, 34.0], [0, 1, 2], [10.0, 20.0, 30.0], [0, 1, 2])
@@ -254,7 +255,7 @@ def test_paired_interval_matches_a_hand_computed_example():
 def test_minimal_detectable_effect_by_hand_and_exact():
     from scipy import stats
 
-    from pfcvr.paired import (PairedDifference, design_mde, mde, mde_approx, pooled_sd,
+    from pfcvr.report.paired import (PairedDifference, design_mde, mde, mde_approx, pooled_sd,
                               power_at)
 
     # s_d = 2, n = 3 seeds: t_{0.975, 2} = 4.3027, t_{0.80, 2} = 0.6 / sqrt(2 * 0.8 * 0.2) = 1.0607
@@ -285,7 +286,7 @@ def test_minimal_detectable_effect_by_hand_and_exact():
 
 
 def test_verdict_rules():
-    from pfcvr.paired import HELPS, HURTS, NO_PAIR, SINGLE, UNCLEAR, paired_difference, verdict
+    from pfcvr.report.paired import HELPS, HURTS, NO_PAIR, SINGLE, UNCLEAR, paired_difference, verdict
 
     full = [50.0, 50.0, 50.0]
 
@@ -343,7 +344,7 @@ def test_paired_report_states_intervals_verdicts_and_mde(tmp_path):
     assert js["mde_R1"] == pytest.approx(3.2640 * 1.0824, abs=2e-3)   # exact: 3.2640 s_d at n=3
     assert f"Minimal detectable effect (R1): **{js['mde_R1']:.1f} points**" in md
     assert js["paired"]["variants"]["no_mlm"]["verdict"] == "helps"
-    from pfcvr.report import diagnosis
+    from pfcvr.report.ablation import diagnosis
     assert diagnosis(table, deltas, {}) == [
         "- Told apart from `full` in R1 (paired 95 % interval excludes 0): `no_mlm` (helps); "
         "every other variant cannot be told apart."]

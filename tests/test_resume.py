@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_helpers import make_project
+from tests.support.train_helpers import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pfcvr.cli import main as cli
 from pfcvr.config import load_params
 from pfcvr.search import SearchError, run_search
-from tests.eval_helpers import REPO, build_tiny_model, make_split_data, write_params
+from tests.support.eval_helpers import REPO, build_tiny_model, make_split_data, write_params
 
 
 @pytest.fixture(scope="module")

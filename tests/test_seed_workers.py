@@ -1,5 +1,5 @@
 """`train.seed_workers`: the seeds of a variant trained side by side in spawned processes
-(pfcvr.engine.seeds.run_seed_processes) give what the in-process sequential loop gives; a child's
+(pfcvr.pipeline.train.run_seed_processes) give what the in-process sequential loop gives; a child's
 error reaches the parent as the same exception, and no child outlives the parent.
 
 The error and kill checks run stand-in training functions (module level below, so that a spawned
@@ -17,10 +17,11 @@ import pytest
 
 from pfcvr.config import load_params
 from pfcvr.engine import distributed as D
-from pfcvr.engine import seeds
+from pfcvr.engine import seed_pool
 from pfcvr.engine.guard import NonFiniteLossError
 from pfcvr.engine.trainer import TrainResult
-from tests.train_helpers import make_project
+from pfcvr.pipeline import train as train_stage
+from tests.support.train_helpers import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "samples_per_s"}     # wall-clock values, the only ones allowed to differ
@@ -57,7 +58,7 @@ def _train(project, out, workers, seeds_=(0, 1)):
     base = load_params(project / "params.yaml")
     run = RecordingRun()
     t0 = time.perf_counter()
-    res = seeds.train_variant(params, "full", base=base, run=run, progress=False,
+    res = train_stage.train_variant(params, "full", base=base, run=run, progress=False,
                               **_layout(project, out))
     return res, run, time.perf_counter() - t0
 
@@ -128,7 +129,7 @@ def test_parallel_rerun_skips_finished_and_resumes_in_children(project, sequenti
     """Seeds 0, 1, 2 in-process until seed 1's first epoch is done ('killed'); the rerun with
     seed_workers=2 skips seed 0 and trains seed 1 (resumed) and seed 2 side by side. Seeds 0 and
     1 end as in the uninterrupted sequential run."""
-    real = seeds.train_model
+    real = train_stage.train_model
 
     def killed_at_seed1(params, tr, val, out_dir, seed, *args, on_epoch=None, **kw):
         def hook(row):
@@ -136,7 +137,7 @@ def test_parallel_rerun_skips_finished_and_resumes_in_children(project, sequenti
             if seed == 1:
                 raise Interrupted
         return real(params, tr, val, out_dir, seed, *args, on_epoch=hook, **kw)
-    monkeypatch.setattr(seeds, "train_model", killed_at_seed1)   # a closure: in-process
+    monkeypatch.setattr(train_stage, "train_model", killed_at_seed1)   # a closure: in-process
     with pytest.raises(Interrupted):
         _train(project, tmp_path, 2, seeds_=(0, 1, 2))
     assert (tmp_path / ".cache/train/full/seed1/checkpoint.pt").is_file()
@@ -147,15 +148,15 @@ def test_parallel_rerun_skips_finished_and_resumes_in_children(project, sequenti
 
     def stop(*args, **kw):
         raise Stop
-    monkeypatch.setattr(seeds, "train_model", stop)
-    monkeypatch.setattr(seeds, "seed_workers", lambda params, info: 2)
+    monkeypatch.setattr(train_stage, "train_model", stop)
+    monkeypatch.setattr(train_stage, "seed_workers", lambda params, info, **kw: 2)
     params = load_params(project / "params.yaml", variant="full",
                          overrides={"train.seed_workers": 2})
     run = RecordingRun()
     capsys.readouterr()
     with pytest.raises(Stop):
-        seeds.train_variant(params, "full", base=params, run=run, progress=False,
-                            **_layout(project, tmp_path))
+        train_stage.train_variant(params, "full", base=params, run=run, progress=False,
+                                  **_layout(project, tmp_path))
     assert capsys.readouterr().out.count("seed 0: already finished, skipped") == 1
     assert sorted({step for (_, step) in run.metrics}) == [1, 2] and run.calls == 2
 
@@ -176,19 +177,21 @@ def test_parallel_rerun_skips_finished_and_resumes_in_children(project, sequenti
 
 def test_seed_workers_falls_back_to_one(project):
     p2 = load_params(project / "params.yaml", overrides={"train.seed_workers": 2})
-    assert seeds.seed_workers(p2, D.DistInfo()) == 2
-    assert seeds.seed_workers(p2, D.DistInfo(rank=0, world_size=2)) == 1    # torchrun
+    assert seed_pool.seed_workers(p2, D.DistInfo()) == 2
+    assert seed_pool.seed_workers(p2, D.DistInfo(rank=0, world_size=2)) == 1    # torchrun
     p1 = load_params(project / "params.yaml", overrides={"train.seed_workers": 1})
-    assert seeds.seed_workers(p1, D.DistInfo()) == 1
+    assert seed_pool.seed_workers(p1, D.DistInfo()) == 1
+    # a train function a spawned child cannot import by name (a closure, a lambda): in-process
+    assert seed_pool.seed_workers(p2, D.DistInfo(), train_fn=lambda *a, **kw: None) == 1
 
 
 def test_seed_workers_is_not_in_the_fingerprint(tmp_path):
     data = tmp_path / "manifest.json"
     data.write_text("[1]")
-    fp = seeds.fingerprint(load_params("params.yaml", overrides={"train.seed_workers": 1}), 0, 1,
-                           [data])
-    assert seeds.fingerprint(load_params("params.yaml", overrides={"train.seed_workers": 4}), 0,
-                             1, [data]) == fp
+    fp = train_stage.fingerprint(load_params("params.yaml", overrides={"train.seed_workers": 1}),
+                                 0, 1, [data])
+    assert train_stage.fingerprint(load_params("params.yaml", overrides={"train.seed_workers": 4}),
+                                   0, 1, [data]) == fp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,8 +246,8 @@ def _pids(work: Path, seeds_: list[int]) -> list[int]:
 
 
 def _run(tmp_path, plan: dict, **kw):
-    jobs = [seeds.SeedJob(int(s), tmp_path / f"seed{s}", "fp") for s in plan]
-    seeds.run_seed_processes(None, jobs, len(jobs), train_split=None, val_split=None,
+    jobs = [seed_pool.SeedJob(int(s), tmp_path / f"seed{s}", "fp") for s in plan]
+    seed_pool.run_seed_processes(None, jobs, len(jobs), train_split=None, val_split=None,
                              train_fn=stand_in_train, **kw)
 
 
@@ -261,15 +264,15 @@ def test_child_error_is_raised_in_parent_and_stops_the_others(tmp_path, monkeypa
 
 def test_child_error_through_train_variant_is_one_stage_line(project, tmp_path, monkeypatch):
     """A module-level train_model (importable by name) still runs in the children."""
-    from pfcvr.errors import is_user_error, one_line
+    from pfcvr.runtime.stage import is_user_error, one_line
 
     monkeypatch.setenv(PLAN, json.dumps({"0": "nan", "1": "sleep"}))
-    monkeypatch.setattr(seeds, "train_model", stand_in_train)
+    monkeypatch.setattr(train_stage, "train_model", stand_in_train)
     params = load_params(project / "params.yaml", variant="full",
                          overrides={"train.seed_workers": 2})
     lay = _layout(project, tmp_path)
     with pytest.raises(NonFiniteLossError) as caught:
-        seeds.train_variant(params, "full", base=params, progress=False, **lay)
+        train_stage.train_variant(params, "full", base=params, progress=False, **lay)
     assert type(caught.value) is NonFiniteLossError and is_user_error(caught.value)
     assert one_line("train", caught.value) == \
         "train: error: seed 0: non-finite loss at epoch 1, step 2"
@@ -303,11 +306,11 @@ def test_killed_parent_takes_its_children(tmp_path):
     """SIGKILL (no cleanup can run) of the process that started the seeds: the children end."""
     plan = {"0": "sleep", "1": "sleep"}
     code = ("import json, sys\nfrom pathlib import Path\n"
-            "from pfcvr.engine import seeds\nfrom tests.test_seed_workers import stand_in_train\n"
+            "from pfcvr.engine import seed_pool\nfrom tests.test_seed_workers import stand_in_train\n"
             "if __name__ == '__main__':\n"
             "    tmp = Path(sys.argv[1])\n"
-            "    jobs = [seeds.SeedJob(s, tmp / f'seed{s}', 'fp') for s in (0, 1)]\n"
-            "    seeds.run_seed_processes(None, jobs, 2, train_split=None, val_split=None,\n"
+            "    jobs = [seed_pool.SeedJob(s, tmp / f'seed{s}', 'fp') for s in (0, 1)]\n"
+            "    seed_pool.run_seed_processes(None, jobs, 2, train_split=None, val_split=None,\n"
             "                             train_fn=stand_in_train)\n")
     env = {**os.environ, PLAN: json.dumps(plan), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env)

@@ -1,4 +1,4 @@
-"""The seed loop of `train@<variant>` in-process (pfcvr.engine.seeds): skip finished seeds, resume
+"""The seed loop of `train@<variant>` in-process (pfcvr.pipeline.train): skip finished seeds, resume
 an interrupted one, refuse results written for other params, assemble models/<variant>.
 
 The subprocess kill-and-restart check of the whole stage is tests/test_resume.py (slow).
@@ -9,11 +9,11 @@ import json
 import pytest
 
 from pfcvr.config import load_params
-from pfcvr.engine import seeds
-from tests.tmpfs import mounted_tmpfs
-from tests.train_helpers import make_project
+from pfcvr.pipeline import train as train_stage
+from tests.support.tmpfs import mounted_tmpfs
+from tests.support.train_helpers import make_project
 
-REAL_TRAIN_MODEL = seeds.train_model
+REAL_TRAIN_MODEL = train_stage.train_model
 
 
 class Interrupted(Exception):
@@ -46,7 +46,7 @@ def _spy(monkeypatch, calls, interrupt_seed=None):
         result = real(params, tr, val, out_dir, seed, *args, on_epoch=epoch_hook, **kw)
         calls.append((seed, result.resumed_from))
         return result
-    monkeypatch.setattr(seeds, "train_model", train_model)
+    monkeypatch.setattr(train_stage, "train_model", train_model)
 
 
 def test_interrupted_run_skips_finished_seed_and_resumes(project, monkeypatch, capsys):
@@ -57,7 +57,7 @@ def test_interrupted_run_skips_finished_seed_and_resumes(project, monkeypatch, c
     calls: list = []
     _spy(monkeypatch, calls, interrupt_seed=1)
     with pytest.raises(Interrupted):
-        seeds.train_variant(params, "full", base=base, progress=False, **lay)
+        train_stage.train_variant(params, "full", base=base, progress=False, **lay)
     assert calls == [(0, 0)]                              # seed 0 finished, seed 1 was killed
     assert not lay["models"].exists()                      # assembled only when every seed is done
     seed0 = lay["cache"] / "seed0"
@@ -68,7 +68,7 @@ def test_interrupted_run_skips_finished_seed_and_resumes(project, monkeypatch, c
 
     calls.clear()
     _spy(monkeypatch, calls)
-    out = seeds.train_variant(params, "full", base=base, progress=False, **lay)
+    out = train_stage.train_variant(params, "full", base=base, progress=False, **lay)
     assert calls == [(1, 1)]                # seed 0 not retrained; seed 1 resumed after epoch 1
     assert "seed 0: already finished, skipped" in capsys.readouterr().out
     stored = json.loads((lay["models"] / "seed0/result.json").read_text())
@@ -89,32 +89,32 @@ def test_finished_result_needs_same_fingerprint(tmp_path):
     work = tmp_path / "seed0"
     (work / "best").mkdir(parents=True)
     (work / "result.json").write_text(json.dumps({"seed": 0, "fingerprint": "abc"}))
-    assert seeds.finished_result(work, "abc") is None      # no final/ yet: not finished
+    assert train_stage.finished_result(work, "abc") is None      # no final/ yet: not finished
     (work / "final").mkdir()
-    assert seeds.finished_result(work, "abc") == {"seed": 0, "fingerprint": "abc"}
-    assert seeds.finished_result(work, "other") is None    # written for other params or data
+    assert train_stage.finished_result(work, "abc") == {"seed": 0, "fingerprint": "abc"}
+    assert train_stage.finished_result(work, "other") is None    # written for other params or data
 
 
 def test_fingerprint_covers_what_decides_training(tmp_path):
     data = tmp_path / "manifest.json"
     data.write_text("[1]")
     p = load_params("params.yaml")
-    fp = seeds.fingerprint(p, 0, 1, [data])
+    fp = train_stage.fingerprint(p, 0, 1, [data])
     assert len(fp) == 16
     cosmetic = load_params("params.yaml", overrides={"report.seeds": [7], "train.log_every": 3,
                                                      "tracking.required": False})
-    assert seeds.fingerprint(cosmetic, 0, 1, [data]) == fp
-    assert seeds.fingerprint(load_params("params.yaml", overrides={"train.lr": 1e-5}), 0, 1,
+    assert train_stage.fingerprint(cosmetic, 0, 1, [data]) == fp
+    assert train_stage.fingerprint(load_params("params.yaml", overrides={"train.lr": 1e-5}), 0, 1,
                              [data]) != fp
-    assert seeds.fingerprint(p, 1, 1, [data]) != fp
-    assert seeds.fingerprint(p, 0, 2, [data]) != fp        # another world size
+    assert train_stage.fingerprint(p, 1, 1, [data]) != fp
+    assert train_stage.fingerprint(p, 0, 2, [data]) != fp        # another world size
     data.write_text("[2]")
-    assert seeds.fingerprint(p, 0, 1, [data]) != fp        # other data
+    assert train_stage.fingerprint(p, 0, 1, [data]) != fp        # other data
 
 
 def test_join_world_refuses_empty_seeds():
     with pytest.raises(ValueError, match="report.seeds is empty"):
-        seeds.join_world(load_params("params.yaml", overrides={"report.seeds": []}))
+        train_stage.join_world(load_params("params.yaml", overrides={"report.seeds": []}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _set_params(root, **values):
 def _run_train_stage(variant="full"):
     import functools
 
-    from pfcvr.errors import run_stage
+    from pfcvr.runtime.stage import run_stage
     from stages import train as stage
     return run_stage("train", functools.partial(stage.main, ["--variant", variant]))
 
@@ -180,7 +180,7 @@ def test_indivisible_ddp_batch_is_one_line_before_joining(stage_copy, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError) as caught:
-        seeds.join_world(load_params("params.yaml"))
+        train_stage.join_world(load_params("params.yaml"))
     assert str(caught.value) == (
         "train.batch_size=8 is not divisible by the world size 3 (torchrun processes); it is the "
         "global batch: use a multiple of 3 (e.g. 6) or a process count that divides 8 (2, 4, 8)")
@@ -204,7 +204,7 @@ def test_unwritable_output_folder_is_named_before_training(stage_copy, capsys):
 
 def test_read_only_output_folder_is_named(tmp_path):
     """A read-only mount stops root too (permission bits do not); skipped where mount is denied."""
-    from pfcvr.storage import WriteError, check_writable
+    from pfcvr.runtime.storage import WriteError, check_writable
 
     with mounted_tmpfs(tmp_path / "ro", "ro,size=1M") as ro:
         with pytest.raises(WriteError) as caught:
@@ -230,7 +230,7 @@ def test_replaced_image_restarts_the_seed_instead_of_resuming(project, tmp_path,
     calls: list = []
     _spy(monkeypatch, calls, interrupt_seed=0)
     with pytest.raises(Interrupted):
-        seeds.train_variant(params, "full", base=base, progress=False, **lay)
+        train_stage.train_variant(params, "full", base=base, progress=False, **lay)
     assert (lay["cache"] / "seed0/checkpoint.pt").is_file()
 
     split = load_split(lay["prepared"], lay["parts"], "train")
@@ -243,5 +243,5 @@ def test_replaced_image_restarts_the_seed_instead_of_resuming(project, tmp_path,
 
     calls.clear()
     _spy(monkeypatch, calls)
-    seeds.train_variant(params, "full", base=base, progress=False, **lay)
+    train_stage.train_variant(params, "full", base=base, progress=False, **lay)
     assert calls == [(0, 0)]                               # trained again from scratch

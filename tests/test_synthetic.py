@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pfcvr.config import PART_CATEGORIES, load_params
+from pfcvr.config import load_params
 from pfcvr.data import synthetic as S
-from pfcvr.data.synthetic import generator
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.manifest import save_manifest, validate_records
 from pfcvr.data.oracle import attribute_oracle, oracle_similarity
+from pfcvr.data.synthetic import generator
 
 ROOT = Path(__file__).resolve().parents[1]
 

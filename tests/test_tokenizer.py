@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfcvr.data.tokenizer import Tokenizer
-from tests.model_helpers import CAPTIONS, save_tiny_clip
+from pfcvr.model.tokenizer import Tokenizer
+from tests.support.model_helpers import CAPTIONS, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +68,8 @@ def test_training_is_deterministic_and_order_free():
 
 def test_training_is_identical_in_another_process(tmp_path):
     # A fresh interpreter has other hash seeds: the vocabulary must not depend on them.
-    code = ("import sys; sys.path.insert(0, {root!r}); from pfcvr.data.tokenizer import Tokenizer;"
-            "from tests.model_helpers import CAPTIONS;"
+    code = ("import sys; sys.path.insert(0, {root!r}); from pfcvr.model.tokenizer import Tokenizer;"
+            "from tests.support.model_helpers import CAPTIONS;"
             "Tokenizer.train(CAPTIONS * 4, 700, 16).save({out!r})").format(
         root=str(ROOT), out=str(tmp_path / "other"))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,

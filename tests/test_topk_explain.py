@@ -7,12 +7,12 @@ import dataclasses
 
 import pytest
 
-from pfcvr import viz
 from pfcvr.config import load_params
 from pfcvr.data.dataset import load_split
 from pfcvr.engine.evaluate import TopkItem
-from pfcvr.engine.evaluate_variant import _EXPLAIN_LINES, _explain_facts, topk_figure_items
-from tests.eval_helpers import make_split_data, write_params
+from pfcvr.report.explain import _EXPLAIN_LINES, _explain_facts, topk_figure_items
+from pfcvr.report.figures.evaluation import topk_figure
+from tests.support.eval_helpers import make_split_data, write_params
 
 PLAIN_KEYS = {"caption", "target", "images", "correct", "scores", "label"}
 
@@ -131,7 +131,7 @@ def test_no_ground_truth_keeps_plain_labels(split, tmp_path):
     bare = dataclasses.replace(split, records=records)
     items = topk_figure_items([_item(bare, 1, 1, [2, 3, 1])], bare, size=32)
     assert set(items[0]) == PLAIN_KEYS
-    viz.topk_figure(items, tmp_path / "plain.png")
+    topk_figure(items, tmp_path / "plain.png")
     assert (tmp_path / "plain.png").stat().st_size > 10_000
 
 
@@ -140,5 +140,5 @@ def test_figure_with_explanations_is_drawn(split, tmp_path):
     items = topk_figure_items([_item(hand, 1, 1, [2, 3, 4, 1, 0]),
                                _item(split, 5, 0, [5, 6, 7, 8, 9])], hand)
     path = tmp_path / "topk_full.png"
-    viz.topk_figure(items, path, title="Top-5 test retrieval")
+    topk_figure(items, path, title="Top-5 test retrieval")
     assert path.is_file() and path.stat().st_size > 10_000

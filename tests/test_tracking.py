@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pfcvr import tracking, tracking_state, tracking_store, tracking_views
+from pfcvr import tracking
+from pfcvr.runtime import process, sqlite_store
 from pfcvr.tracking import TrackingError, stage_run
+from pfcvr.tracking import state as tracking_state
+from pfcvr.tracking import views as tracking_views
 
 
 @pytest.fixture()
@@ -101,7 +104,7 @@ def test_stale_runs_are_closed_killed_at_start_up(store, capsys):
     # tune: a live process on another machine; prepare in another DVC experiment.
     client.create_run(exp_id, run_name="train@full", tags=base)
     stale = client.create_run(exp_id, run_name="evaluate@full", tags={
-        **base, tracking.OWNER_TAG: tracking_state.owner_token(int(dead))})
+        **base, tracking.OWNER_TAG: process.owner_token(int(dead))})
     client.create_run(exp_id, run_name="trial 3", tags={"mlflow.parentRunId": stale.info.run_id})
     client.create_run(exp_id, run_name="tune", tags={
         **base, tracking.OWNER_TAG: "other-host|x|1|1"})
@@ -122,14 +125,14 @@ def test_stale_runs_are_closed_killed_at_start_up(store, capsys):
 
 
 def test_owner_state_of_live_dead_and_foreign_processes():
-    assert tracking_state.owner_state(tracking_state.owner_token()) == "alive"
+    assert process.owner_state(process.owner_token()) == "alive"
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    token = tracking_state.owner_token(proc.pid)
+    token = process.owner_token(proc.pid)
     proc.wait()
-    assert tracking_state.owner_state(token) == "dead"
-    assert tracking_state.owner_state("elsewhere|b|1|2") == "elsewhere"
-    assert tracking_state.owner_state(None) == "unknown"
-    assert tracking_state.owner_state("garbage") == "unknown"
+    assert process.owner_state(token) == "dead"
+    assert process.owner_state("elsewhere|b|1|2") == "elsewhere"
+    assert process.owner_state(None) == "unknown"
+    assert process.owner_state("garbage") == "unknown"
 
 
 def test_corrupt_store_is_one_line_and_optional_tracking_goes_on(store):
@@ -173,7 +176,7 @@ def test_store_from_another_mlflow_version_is_one_line(store):
     con.commit()
     con.close()
     # A new process, as a stage is: MLflow checks the schema once per process.
-    out = subprocess.run([sys.executable, "-m", "tests.tracking_proc", "parts"],
+    out = subprocess.run([sys.executable, "-m", "tests.support.tracking_proc", "parts"],
                          capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 1 and "work done" not in out.stdout
@@ -187,7 +190,7 @@ def test_store_from_another_mlflow_version_is_one_line(store):
 def test_locked_store_at_start_up(store, monkeypatch):
     with stage_run("prepare", required=True):
         pass
-    monkeypatch.setattr(tracking_store, "BUSY_WAIT_S", 1.0)
+    monkeypatch.setattr(sqlite_store, "BUSY_WAIT_S", 1.0)
     holder = hold_lock(store)
     try:
         with pytest.raises(TrackingError) as err:
@@ -305,7 +308,7 @@ def test_settle_closes_dead_runs_of_every_dvc_experiment(store, monkeypatch):
     exp_id = tracking._experiment_id(client)
     parent = tracking._parent_run_id(client, exp_id)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    token = tracking_state.owner_token(proc.pid)
+    token = process.owner_token(proc.pid)
     proc.wait()
     client.create_run(exp_id, run_name="train@full", tags={
         "mlflow.parentRunId": parent, tracking.KIND_TAG: "stage",
@@ -363,7 +366,7 @@ def test_a_dvc_experiment_name_is_data(store, monkeypatch, name):
 
 
 def test_filter_literal_and_find_runs(store):
-    from pfcvr.tracking_state import filter_literal, find_runs
+    from pfcvr.tracking.state import filter_literal, find_runs
 
     assert filter_literal("bob's") == '"bob\'s"' and filter_literal('a"b') == "'a\"b'"
     assert filter_literal("plain") == "'plain'" and filter_literal("x'\"y") is None
@@ -469,7 +472,7 @@ def test_a_server_lost_during_the_stage_never_stops_it(tmp_path, monkeypatch, ca
     """Issue 22: the tracking server goes away mid-stage (stopped) and comes back on the same
     address: the work goes on with one warning, the waiting calls are logged at the end, the run
     ends FINISHED, and its artifacts went to the server over HTTP."""
-    from tests.uicheck import MlflowServer
+    from tests.support.uicheck import MlflowServer
 
     monkeypatch.setattr(tracking_state, "RETRY_S", 3600.0)   # only the end-of-stage retry
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "t22")

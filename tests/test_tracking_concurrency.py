@@ -1,4 +1,4 @@
-"""pfcvr.tracking with real processes and signals (tests/tracking_proc.py is the stage).
+"""pfcvr.tracking with real processes and signals (tests/support/tracking_proc.py is the stage).
 
 - several processes that are the first to touch a store, started at the same instant, all
   succeed and make one store, one experiment and one parent run;
@@ -32,7 +32,7 @@ def env_for(db: Path, dvc_exp: str = "exp") -> dict:
 
 
 def spawn(db: Path, name: str, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.tracking_proc", name, *args],
+    return subprocess.Popen([sys.executable, "-m", "tests.support.tracking_proc", name, *args],
                             cwd=ROOT, env=env_for(db), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -180,14 +180,14 @@ def test_read_only_store_is_one_line_or_a_warning(tmp_path, read_only):
 
 @pytest.mark.slow   # starts `mlflow server` twice
 def test_a_server_that_stops_mid_stage_does_not_stop_the_work(tmp_path):
-    from tests.uicheck import MlflowServer
+    from tests.support.uicheck import MlflowServer
 
     db = tmp_path / "mlflow.db"
     rc, _, err = finish(spawn(db, "prepare"))           # the store, created beside the server
     assert rc == 0, err
     with MlflowServer(f"sqlite:///{db}") as server:
         env = dict(env_for(db), MLFLOW_TRACKING_URI=server.url)
-        proc = subprocess.Popen([sys.executable, "-m", "tests.tracking_proc", "train@full",
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.tracking_proc", "train@full",
                                  "--child", "--sleep", "3"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "inside"
@@ -202,7 +202,7 @@ def test_a_server_that_stops_mid_stage_does_not_stop_the_work(tmp_path):
     assert statuses(db)["train@full"] == ["RUNNING"]     # nobody could tell the store
     with MlflowServer(f"sqlite:///{db}") as server:      # the server is back
         env = dict(env_for(db), MLFLOW_TRACKING_URI=server.url)
-        out = subprocess.run([sys.executable, "-m", "tests.tracking_proc", "train@full"],
+        out = subprocess.run([sys.executable, "-m", "tests.support.tracking_proc", "train@full"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "closed 1 stale RUNNING run(s)" in out.stderr, out.stderr
     got = statuses(db)

@@ -1,4 +1,4 @@
-"""What the MLflow UI opens on (pfcvr.tracking_views), on real sqlite stores: the experiment's kind
+"""What the MLflow UI opens on (pfcvr.tracking.views), on real sqlite stores: the experiment's kind
 and ablation view, the descriptions, the headline metrics, the URLs `make ui` prints, and pruned
 Optuna trials that end FINISHED. The browser side is in tests/test_pipeline.py (slow)."""
 from __future__ import annotations
@@ -10,9 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from pfcvr import tracking, tracking_views as views
+from pfcvr import tracking
 from pfcvr.config import load_params, read_raw, set_dotted
-from pfcvr.tracking import stage_run
+from pfcvr.tracking import stage_run, views
+from pfcvr.tracking.__main__ import main as tracking_main
 
 
 @pytest.fixture()
@@ -74,7 +75,7 @@ def test_fit_note_keeps_short_text_and_cuts_at_a_line_end():
 
 
 def test_headline_metrics_are_the_rounded_best_mean_over_seeds(tmp_path):
-    from pfcvr.engine.evaluate_variant import EvaluatedModel, VariantEvaluation
+    from pfcvr.pipeline.evaluate import EvaluatedModel, VariantEvaluation
 
     def result(r1, m_ap):
         scal = {"R1": r1, "R5": 50.0, "R10": 70.0, "mAP": m_ap, "mINP": 5.0,
@@ -120,7 +121,7 @@ def test_ui_urls_compare_the_latest_dvc_experiments_variants(store, monkeypatch,
     assert urls["compare"] == (
         f"http://127.0.0.1:5000/#/compare-runs?runs=%5B%22{full}%22%2C%20%22{no_part}%22%5D"
         f"&experiments=%5B%22{exp_id}%22%5D")
-    assert tracking.main(["--ui-urls", "http://127.0.0.1:5000"]) == 0
+    assert tracking_main(["--ui-urls", "http://127.0.0.1:5000"]) == 0
     out = capsys.readouterr().out
     assert urls["runs"] in out and urls["compare"] in out and "mask03" in out
 
@@ -129,12 +130,12 @@ def test_ui_urls_without_variant_runs_say_what_to_do(store, capsys):
     with stage_run("prepare", required=True):
         pass
     assert tracking.ui_urls("http://h:1")["compare"] is None
-    assert tracking.main(["--ui-urls", "http://h:1"]) == 0
+    assert tracking_main(["--ui-urls", "http://h:1"]) == 0
     assert "no finished evaluate@ run yet" in capsys.readouterr().out
 
 
 def test_child_outcome_sets_status_and_tags(store):
-    from pfcvr.tuning import trial_outcome
+    from pfcvr.tuning.study import trial_outcome
 
     with stage_run("tune", required=True) as run:
         with run.child("trial 0", outcome=trial_outcome):
@@ -153,7 +154,7 @@ def test_child_outcome_sets_status_and_tags(store):
 
 
 def test_pruned_trials_of_a_study_end_finished(store, tmp_path, monkeypatch):
-    from pfcvr.tuning import run_study
+    from pfcvr.tuning.study import run_study
 
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
     raw = read_raw("params.yaml")

@@ -13,7 +13,7 @@ from pfcvr.engine import distributed as D
 from pfcvr.engine.checkpoint import read_checkpoint
 from pfcvr.engine.loader import EpochLoader, seed_everything
 from pfcvr.engine.trainer import NonFiniteLossError, Trainer
-from tests.train_helpers import (StandInData, StandInModel, collate, nearest_center_eval,
+from tests.support.train_helpers import (StandInData, StandInModel, collate, nearest_center_eval,
                                  save_state, train_cfg, trainer_losses)
 
 CPU = torch.device("cpu")
@@ -188,7 +188,7 @@ def test_trains_on_cuda(tmp_path, precision):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from tests.train_helpers import make_project
+    from tests.support.train_helpers import make_project
 
     root = tmp_path_factory.mktemp("project")
     make_project(root)
@@ -322,7 +322,7 @@ def test_stage_outputs_and_mlflow(stage_dir):
     assert "without masked image recovery" in card and "`train.weights.mim` | 0.5 | 0.0" in card
     with open(stage_dir / "reports/train/no_mim/history.tsv") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    from pfcvr.reporting import HISTORY_COLUMNS
+    from pfcvr.report.cards import HISTORY_COLUMNS
 
     assert list(rows[0]) == list(HISTORY_COLUMNS)
     assert [(r["seed"], r["epoch"]) for r in rows] == [("5", "1"), ("5", "2")]

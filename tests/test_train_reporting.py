@@ -1,8 +1,8 @@
-"""The training reports of pfcvr.reporting: history TSV, per-variant summary, model card."""
+"""The training reports of pfcvr.report.cards: history TSV, per-variant summary, model card."""
 import math
 
 from pfcvr.config import load_params
-from pfcvr.reporting import HISTORY_COLUMNS, history_tsv, train_model_card, train_summary
+from pfcvr.report.cards import HISTORY_COLUMNS, history_tsv, train_model_card, train_summary
 
 
 def _result(seed, r1s, seconds=2.0):

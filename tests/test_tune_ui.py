@@ -1,4 +1,4 @@
-"""`make tune-ui` (python -m pfcvr.dashboard) serves Optuna's dashboard over the study storage.
+"""`make tune-ui` (python -m pfcvr.tuning.dashboard) serves Optuna's dashboard over the study storage.
 
 A real SQLite storage with a real small study (optuna, three trials); the entry point runs as a
 subprocess in its own process group (it execs `optuna-dashboard`), the test waits until the server
@@ -18,9 +18,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from pfcvr import dashboard
-from tests.offline_browser import dom, require_chromium, screenshot
-from tests.uicheck import free_port, stop_process_group
+from pfcvr.tuning import dashboard
+from tests.support.offline_browser import dom, require_chromium, screenshot
+from tests.support.uicheck import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "pfcvr-tune-dashboardtest"
@@ -37,7 +37,7 @@ def make_study(db: Path, name: str = STUDY) -> str:
 
 
 class Dashboard:
-    """`python -m pfcvr.dashboard 127.0.0.1 <port>` in its own session; a context manager."""
+    """`python -m pfcvr.tuning.dashboard 127.0.0.1 <port>` in its own session; a context manager."""
 
     def __init__(self, storage: str, cwd: Path, timeout: float = 60.0):
         self.port, self.timeout = free_port(), timeout
@@ -48,7 +48,7 @@ class Dashboard:
     def __enter__(self) -> "Dashboard":
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pfcvr.dashboard", "127.0.0.1", str(self.port)],
+                [sys.executable, "-m", "pfcvr.tuning.dashboard", "127.0.0.1", str(self.port)],
                 cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.time() + self.timeout

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from pfcvr.config import load_params, parse_params, read_raw, set_dotted
-from pfcvr.tuning import exp_run_command, redact, run_study, study_name, summarize, trial_params
+from pfcvr.tuning.study import (exp_run_command, redact, run_study, study_name, summarize,
+                                trial_params)
 
 
 def _copy_params(tmp_path, params_overrides):
@@ -84,7 +85,7 @@ def test_command_and_redaction():
 
 
 def test_best_markdown():
-    from pfcvr.tuning import best_markdown
+    from pfcvr.tuning.study import best_markdown
 
     summary = {"study": "s", "n_trials": 3, "n_complete": 2, "n_pruned": 1, "n_failed": 0,
                "objective": "val R1 (best epoch)", "best_value": 51.234, "best_trial": 1,
@@ -148,7 +149,7 @@ def test_stage_honours_params_and_writes_reports(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 def test_study_whose_trials_all_fail_stops_after_three_and_is_kept(tmp_path, monkeypatch):
-    from pfcvr.tuning import MAX_CONSECUTIVE_FAILURES, TuneError
+    from pfcvr.tuning.study import MAX_CONSECUTIVE_FAILURES, TuneError
 
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
     path = _copy_params(tmp_path, {"tune.n_trials": 4, "tune.epochs": 2, "tune.timeout": 3600})
@@ -168,7 +169,7 @@ def test_study_whose_trials_all_fail_stops_after_three_and_is_kept(tmp_path, mon
 
 
 def test_study_with_no_complete_trial_at_timeout_is_an_error(tmp_path, monkeypatch):
-    from pfcvr.tuning import TuneError
+    from pfcvr.tuning.study import TuneError
 
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
     path = _copy_params(tmp_path, {"tune.n_trials": 4, "tune.epochs": 2, "tune.timeout": 0.001})
@@ -211,7 +212,7 @@ def test_study_name_covers_the_space_by_dotted_name():
 
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
-    from tests.train_helpers import make_project
+    from tests.support.train_helpers import make_project
 
     root = tmp_path_factory.mktemp("tune_project")
     make_project(root, {"tune.n_trials": 4, "tune.epochs": 1, "tune.timeout": 3600,
@@ -225,7 +226,7 @@ def test_the_issue_example_batch_larger_than_the_train_split(tiny_project, tmp_p
     trial fails the same way; the stage exits 1 with one line, writes no best_params.yaml."""
     import functools
 
-    from pfcvr.errors import run_stage
+    from pfcvr.runtime.stage import run_stage
     from stages import tune as stage
 
     monkeypatch.chdir(tiny_project)
@@ -263,8 +264,8 @@ def test_dotted_space_entry_is_named():
 
 
 def test_unwritable_report_folder_stops_tune_before_any_trial(tiny_project, tmp_path, monkeypatch):
-    from pfcvr.storage import WriteError
-    from pfcvr.tuning import tune
+    from pfcvr.pipeline.tune import tune
+    from pfcvr.runtime.storage import WriteError
 
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
     blocker = tmp_path / "reports"

@@ -1,4 +1,4 @@
-"""The Optuna storage with real processes and signals (tests/tuning_proc.py is the tune worker).
+"""The Optuna storage with real processes and signals (tests/support/tuning_proc.py is the tune worker).
 
 - workers that are the first to touch a fresh optuna.db at the same instant all succeed, with one
   study (without the lock Optuna's table creation failed in most of them);
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = """
 import sys, time
 from pathlib import Path
-from pfcvr.tuning_store import claim, open_study
+from pfcvr.tuning.storage import claim, open_study
 folder = Path(sys.argv[1])
 (folder / f"ready{sys.argv[2]}").write_text("ready")
 while not (folder / "go").exists():
@@ -108,7 +108,7 @@ def params_file(tmp_path) -> Path:
 
 
 def worker(params: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.tuning_proc", str(params),
+    return subprocess.Popen([sys.executable, "-m", "tests.support.tuning_proc", str(params),
                              str(tmp_path), *args], cwd=ROOT, env=env_for(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -125,7 +125,7 @@ def kill_while_training(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
 
 
 def resume(params: Path, tmp_path: Path) -> tuple[dict, str]:
-    out = subprocess.run([sys.executable, "-m", "tests.tuning_proc", str(params), str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "tests.support.tuning_proc", str(params), str(tmp_path),
                           "--tracked"], cwd=ROOT, env=env_for(tmp_path), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.grids import part_masks, rasterize_boxes, resample_grids  # noqa: F401
 from pfcvr.data.manifest import images_root
-from pfcvr.io import read_json
+from pfcvr.runtime.atomic import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 
 _HALF = 0.5 - 1e-6     # "covers at least half" with float round-off
 _CHUNK = 4096          # grids resampled per matrix product

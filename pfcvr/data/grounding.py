@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pfcvr.config import PART_CATEGORIES, PartsConfig
+from pfcvr.config import PartsConfig
 from pfcvr.data.cachekey import source_digest, versions
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.lexicon import phrase_category
-from pfcvr.io import read_json, write_text
+from pfcvr.runtime.atomic import read_json, write_text
 
 CACHE_VERSION = 2              # the cached content's format (code changes are in the key anyway)
 DETECTOR_SOURCES = ("data/grounding.py", "data/lexicon.py", "config.py")   # relative to pfcvr/
@@ -142,13 +143,13 @@ def folder_fingerprint(path: Path) -> str:
 
 
 def detector_device(device: str) -> str:
-    """``parts.device`` (auto | cpu | cuda) resolved by :func:`pfcvr.device.resolve_device`, as
+    """``parts.device`` (auto | cpu | cuda) resolved by :func:`pfcvr.runtime.device.resolve_device`, as
     the string transformers' ``.to()`` takes (``"cpu"``, ``"cuda:0"``).
 
     Raises DetectorError naming ``parts.device`` when the device does not exist here, so the
     parts stage reports every detector problem with one error type.
     """
-    from pfcvr.device import DeviceError, resolve_device
+    from pfcvr.runtime.device import DeviceError, resolve_device
 
     try:
         return str(resolve_device(device, key="parts.device"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 
 # Part words and their synonyms (singular and plural). One word each: compounds such as
 # "tail light" or "hub cap" are covered by their head word ("light", "cap" -> no; "hub").

@@ -1,7 +1,7 @@
 """The canonical manifest (``data/prepared/manifest.json``): load, save, validate, split checks.
 
 A manifest is a JSON list of records ``{split, id, file_path, captions, parts?, view?, ...}``
-(DESIGN.md "Data contracts"). Bad records are collected in a :class:`Problems` list and reported
+(docs/data.md, "The prepare stage"). Bad records are collected in a :class:`Problems` list and reported
 together: the first few offenders by record index and file path, plus the total, so one run shows
 the size of the damage instead of stopping at the first bad line.
 """
@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
-from pfcvr.io import atomic_path, read_json
+from pfcvr.data.categories import PART_CATEGORIES
+from pfcvr.runtime.atomic import atomic_path, read_json
 
 SPLITS = ("train", "val", "test")
 SHOW = 5                   # offenders listed in an error message

@@ -1,11 +1,11 @@
 """The attribute oracle: how much of the embedded benchmark do the part attributes decide?
 
-DESIGN.md "Calibrating the embedded benchmark". For every test caption (query) and test image
-(gallery), the oracle's score is the number of attributes the caption states (its
-``caption_facts``) that are *visible and true* in the image: a global fact (type, colour) is
-always visible; a part fact only when the image shows that part (it has a box in ``parts``).
-Ties are broken by a deterministic tiny noise. Rank-1 / mAP then come from the project's metric
-(:func:`pfcvr.metrics.retrieval_metrics`), on the same protocol as the models.
+How it calibrates the embedded benchmark: docs/data.md, "The attribute oracle". For every test
+caption (query) and test image (gallery), the oracle's score is the number of attributes the
+caption states (its ``caption_facts``) that are *visible and true* in the image: a global fact
+(type, colour) is always visible; a part fact only when the image shows that part (it has a box
+in ``parts``). Ties are broken by a deterministic tiny noise. Rank-1 / mAP then come from the
+project's metric (:func:`pfcvr.engine.ranking.retrieval_metrics`), on the same protocol as the models.
 
 - scope ``global``: only type and colour; low when identities collide on them (families);
 - scope ``all``: every stated attribute; high when captions name enough distinguishing parts.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 
 GLOBAL = "global"
 TIE_NOISE = 1e-3           # << 1, the score step
@@ -74,7 +74,7 @@ def attribute_oracle(records: list[dict], split: str = "test", seed: int = 0) ->
 
     Needs the synthetic ground truth (``attributes``, ``caption_facts``); {} without it.
     """
-    from pfcvr.metrics import retrieval_metrics  # torch: imported only when needed
+    from pfcvr.engine.ranking import retrieval_metrics  # torch: imported only when needed
 
     gallery = [r for r in records if r["split"] == split]
     if not gallery or not has_ground_truth(gallery):

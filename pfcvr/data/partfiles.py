@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 
 UNKNOWN_CATEGORY = ("error", "ignore")      # parts.unknown_category
 

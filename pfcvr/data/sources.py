@@ -1,4 +1,6 @@
-"""The published layouts of the real datasets that ``data.source`` names.
+"""The published layouts of the real datasets that ``data.source`` names, and the one list of
+``data.source`` values (:data:`SOURCES`: the embedded benchmark, then one per layout below; the
+params schema's ``Literal`` is built from it, so a new reader is added here only).
 
 Each :class:`SourceLayout` says where the annotation file and the images are, which field holds
 an image path, how splits are written and whether per-image part files are referenced:
@@ -60,6 +62,8 @@ LAYOUTS: dict[str, SourceLayout] = {
                              ("train", "val", "test"), False),
 }
 DEFAULT_ANNOTATIONS = {name: layout.annotations[0] for name, layout in LAYOUTS.items()}
+SYNTHETIC = "synthetic"                # the embedded benchmark (pfcvr.data.synthetic)
+SOURCES = (SYNTHETIC, *LAYOUTS)        # every value of data.source (pfcvr.params_schema)
 
 
 def layout_of(source: str) -> SourceLayout:

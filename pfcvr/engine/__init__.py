@@ -1,1 +1,2 @@
-"""Engine: the training loop, its seeds and resume, and retrieval evaluation."""
+"""Engine: the training loop, the seed pool, checkpoints and resume, encoding, ranking and
+retrieval evaluation. The stages' loops over variants and seeds are in pfcvr.pipeline."""

@@ -10,7 +10,7 @@ RNG states are stored as plain lists and tensors so that the file loads with
 
 Disk. :func:`check_checkpoint_space` runs before the first step (room for a checkpoint, its
 temporary copy and the two model folders, estimated from the parameter count); a write that fails
-anyway (disk full, read-only disk) raises one line naming the file (:mod:`pfcvr.storage`).
+anyway (disk full, read-only disk) raises one line naming the file (:mod:`pfcvr.runtime.storage`).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pfcvr.io import atomic_path
-from pfcvr.storage import check_free_space, write_errors
+from pfcvr.runtime.atomic import atomic_path
+from pfcvr.runtime.storage import check_free_space, write_errors
 
 FORMAT_VERSION = 1
 ADAM_STATE_BYTES = 8      # AdamW keeps two fp32 moments per trainable parameter
@@ -115,7 +115,7 @@ def checkpoint_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 def check_checkpoint_space(out_dir: str | Path, model: nn.Module) -> int:
-    """Raise ``pfcvr.storage.DiskSpaceError`` unless ``out_dir``'s disk has room for what a run
+    """Raise ``pfcvr.runtime.storage.DiskSpaceError`` unless ``out_dir``'s disk has room for what a run
     writes there at its peak: the checkpoint and its temporary successor, ``best/``, ``final/``
     and a temporary copy of ``best/`` (less what ``out_dir`` already holds, which they replace).
     Returns the bytes that were needed."""

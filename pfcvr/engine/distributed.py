@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 # The trainer resolves its device through this module (``D.resolve_device(pref, local_rank)``);
-# both names are the ones of pfcvr.device, re-exported, not a second implementation.
-from pfcvr.device import DeviceError, resolve_device
+# both names are the ones of pfcvr.runtime.device, re-exported, not a second implementation.
+from pfcvr.runtime.device import DeviceError, resolve_device
 
 __all__ = ["DeviceError", "DistInfo", "all_reduce_tensor", "barrier", "broadcast_object",
            "destroy", "env_info", "init", "is_initialized", "reduce_metrics", "resolve_device",

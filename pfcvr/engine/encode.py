@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from pfcvr.device import resolve_device
+from pfcvr.runtime.device import resolve_device
 
 
 class EvaluationError(ValueError):

@@ -1,7 +1,7 @@
 """Retrieval evaluation of one model on one split: encode the gallery and the captions in
 batches, rank chunk by chunk, return a :class:`RetrievalResult`.
 
-Protocol (method document §6): queries = every caption of the split, gallery = every image of the
+Protocol (docs/method.md §6): queries = every caption of the split, gallery = every image of the
 split once, relevant = same identity. Scores are cosines of the L2-normalised global features
 (as published). With ``part_fusion = w > 0`` the score becomes
 
@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pfcvr.device import resolve_device
 from pfcvr.engine.encode import (EvaluationError, GalleryFeatures, QueryFeatures,
                                  encode_gallery, encode_queries, fused_features)
-from pfcvr.metrics import RankStats, feature_similarity_rows, rank_statistics_chunked
+from pfcvr.engine.ranking import feature_similarity_rows, rank_statistics_chunked
+from pfcvr.metrics import METRIC_NAMES, RankStats
+from pfcvr.runtime.device import resolve_device
 
-__all__ = ["CMC_MAX_RANK", "FUSED_PREFIX", "METRICS", "EvaluationError", "Ranking",
+__all__ = ["CMC_MAX_RANK", "FUSED_PREFIX", "EvaluationError", "Ranking",
            "RetrievalResult", "TopkItem", "applicable_fusion", "evaluate_retrieval"]
 
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 FUSED_PREFIX = "fused_"          # flat keys of the part-fusion ranking: fused_R1, ...
 CMC_MAX_RANK = 20
 
@@ -62,26 +62,29 @@ def applicable_fusion(model, weight: float) -> tuple[float, str | None]:
 class Ranking:
     """Text-to-image metrics of one scoring of every caption against the gallery, in percent.
 
-    R1, R5, R10: share of queries with a relevant image among the top 1 / 5 / 10.
-    mAP: mean over queries of the average precision over the whole gallery.
-    mINP: mean inverse negative penalty (IRRA), relevant count / rank of the last relevant.
-    cmc: Rank-k accuracy for k = 1 .. min(20, gallery size); ``cmc[0] == R1``.
+    values: ``{name: percent}`` for each name of :data:`pfcvr.metrics.METRIC_NAMES`, also read
+    as attributes (``ranking.R1``): R1, R5, R10, the share of queries with a relevant image among
+    the top 1 / 5 / 10; mAP, the mean over queries of the average precision over the whole
+    gallery; mINP, the mean inverse negative penalty (IRRA), relevant count / rank of the last
+    relevant. cmc: Rank-k accuracy for k = 1 .. min(20, gallery size); ``cmc[0] == R1``.
     """
 
-    R1: float
-    R5: float
-    R10: float
-    mAP: float
-    mINP: float
+    values: dict[str, float]
     cmc: list[float]
 
     @classmethod
     def from_stats(cls, stats: RankStats, max_rank: int) -> "Ranking":
-        return cls(**stats.metrics(), cmc=stats.cmc(max_rank).tolist())
+        return cls(stats.metrics(), stats.cmc(max_rank).tolist())
+
+    def __getattr__(self, name: str) -> float:
+        # only called for names that are not fields: the metric names
+        if name in METRIC_NAMES and "values" in self.__dict__:
+            return self.__dict__["values"][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def metrics(self) -> dict[str, float]:
-        """``{"R1", "R5", "R10", "mAP", "mINP"}`` as plain floats."""
-        return {m: float(getattr(self, m)) for m in METRICS}
+        """``{"R1", "R5", "R10", "mAP", "mINP"}`` (METRIC_NAMES order) as plain floats."""
+        return {m: float(self.values[m]) for m in METRIC_NAMES}
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,8 @@ class TopkItem:
 
 @dataclass(frozen=True)
 class RetrievalResult(Ranking):
-    """What :func:`evaluate_retrieval` measures: the global-score :class:`Ranking` fields
-    (R1, R5, R10, mAP, mINP, cmc; percent) and
+    """What :func:`evaluate_retrieval` measures: the global-score :class:`Ranking` (values R1,
+    R5, R10, mAP, mINP, also as attributes, and cmc; percent) and
 
     n_queries: number of captions; n_gallery: number of gallery images;
     part_fusion: the fusion weight applied (0: global score only);
@@ -191,6 +194,6 @@ def evaluate_retrieval(model, split_data, *, batch_size: int, chunk_size: int | 
     plain = rank(queries.features, gallery.features)
     fused = rank(*fused_features(queries, gallery, weight)) if parts else None
     return RetrievalResult(
-        **plain.metrics(), cmc=plain.cmc, n_queries=len(captions), n_gallery=len(gids),
+        plain.metrics(), plain.cmc, n_queries=len(captions), n_gallery=len(gids),
         part_fusion=weight, fused=fused, part_fusion_note=note,
         topk=_topk_items(queries, gallery, captions, qids, q_image, topk_queries, topk))

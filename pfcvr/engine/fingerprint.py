@@ -1,5 +1,5 @@
 """Keys over every input that changes what training computes: the training resume fingerprint
-(:mod:`pfcvr.engine.seeds`) and the Optuna study name (:mod:`pfcvr.tuning`) are built from them.
+(:mod:`pfcvr.pipeline.train`) and the Optuna study name (:mod:`pfcvr.tuning.study`) are built from them.
 
 A key must change whenever its result could change, and should not change otherwise. The inputs
 of a training run, and how each enters the key:

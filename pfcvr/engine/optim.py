@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (method document §5, adapted).
+"""Optimiser and learning-rate schedule (docs/method.md §5, adapted).
 
 Official rules, per parameter name: "cross" -> lr x5; "bias" -> lr x2 and no weight decay
 (overriding x5); "classifier"/"mlm_head" -> lr x5. In the official code that puts x5 on the MLM

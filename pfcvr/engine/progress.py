@@ -10,7 +10,7 @@ class Progress:
 
     ``mode``: None = decide from the terminal, True = bar, False = silent, ``"lines"`` = plain
     lines even on a terminal (processes that share one stderr, e.g. seeds trained in parallel by
-    ``pfcvr.engine.seeds``). ``enabled=False`` (every DDP rank but 0) prints nothing. Lines start
+    ``pfcvr.pipeline.train``). ``enabled=False`` (every DDP rank but 0) prints nothing. Lines start
     with ``[<label>]``.
     """
 

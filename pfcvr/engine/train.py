@@ -16,8 +16,8 @@ from torch import nn
 from pfcvr.engine import distributed as D
 from pfcvr.engine.loader import EpochLoader, mix_seeds, seed_everything, set_cpu_threads
 from pfcvr.engine.trainer import Trainer, TrainResult
-from pfcvr.io import write_json
 from pfcvr.losses import Criterion
+from pfcvr.runtime.atomic import write_json
 
 
 def forward_kwargs(cfg) -> dict[str, Any]:

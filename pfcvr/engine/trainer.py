@@ -34,8 +34,8 @@ from pfcvr.engine.guard import NonFiniteLossError, StepGuard, supports_found_inf
 from pfcvr.engine.loader import EpochLoader, mix_seeds, to_device
 from pfcvr.engine.optim import build_optimizer, build_scheduler
 from pfcvr.engine.progress import Progress
-from pfcvr.io import atomic_dir
-from pfcvr.storage import write_errors
+from pfcvr.runtime.atomic import atomic_dir
+from pfcvr.runtime.storage import write_errors
 
 CHECKPOINT = "checkpoint.pt"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,4 +1,5 @@
-"""The PFCVR model: build it from the ``model`` params, encode, train, save and load.
+"""The PFCVR model and its tokenizer (pfcvr.model.tokenizer): build it from the ``model`` params,
+encode, train, save and load.
 
     tok = build_tokenizer(params.model, train_captions)
     model = build_model(params.model, num_classes, tok)
@@ -28,8 +29,8 @@ def build_tokenizer(model_cfg, train_captions):
     """
     from pathlib import Path
 
-    from pfcvr.data.tokenizer import META_FILE, Tokenizer
     from pfcvr.model.backbone import backbone_source, checkpoint_location
+    from pfcvr.model.tokenizer import META_FILE, Tokenizer
 
     name = backbone_source(model_cfg.backbone)
     if name == "tiny":

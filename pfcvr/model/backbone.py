@@ -1,4 +1,4 @@
-"""CLIP dual encoder (method §3.1) with our own forward over transformers' CLIP submodules.
+"""CLIP dual encoder (docs/method.md §3.1) with our own forward over transformers' CLIP submodules.
 
 We keep ``CLIPModel``'s vision tower, text tower and the two projections, but run the layers
 ourselves because PFCVR needs what ``CLIPModel`` does not give:
@@ -18,8 +18,8 @@ Everything works under bf16 autocast.
 
 ``build_clip``: ``model.backbone: tiny`` builds a randomly initialised ``CLIPModel`` from
 ``model.tiny.*``; ``pretrained`` loads the pretrain stage's folder (``models/pretrained``, the
-tiny CLIP after CLIP-style pretraining, pfcvr.pretrain); any other value is a transformers id or local folder loaded with
-``from_pretrained``; its vision position grid is bilinearly resized to ``model.image_size`` and
+tiny CLIP after CLIP-style pretraining, pfcvr.pipeline.pretrain); any other value is a
+transformers id or local folder loaded with ``from_pretrained``; its vision position grid is bilinearly resized to ``model.image_size`` and
 its text token embeddings grow to the tokenizer's vocabulary (the added ``<|mask|>``).
 """
 from __future__ import annotations

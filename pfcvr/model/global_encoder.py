@@ -1,8 +1,8 @@
 """The CLIP dual encoder alone, as a retrieval model: global image feature (CLS token) and global
 text feature (first end-of-text token), both projected to the joint space, as PFCVR retrieves.
 
-Used where no PFCVR head exists yet: CLIP-style pretraining (pfcvr.pretrain) and the zero-shot
-evaluation of the pretrained backbone (pfcvr.engine.zero_shot). It has the retrieval interface of
+Used where no PFCVR head exists yet: CLIP-style pretraining (pfcvr.pipeline.pretrain) and the zero-shot
+evaluation of the pretrained backbone (pfcvr.pipeline.zero_shot). It has the retrieval interface of
 :class:`pfcvr.model.pfcvr.PFCVR` that ``pfcvr.engine.evaluate.evaluate_retrieval`` uses, without
 part queries (so part fusion never applies to it).
 """

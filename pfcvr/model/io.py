@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pfcvr.io import atomic_dir
+from pfcvr.runtime.atomic import atomic_dir
 
 FORMAT = "pfcvr-model/1"
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
@@ -67,9 +67,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu"):
     ``model.source_folder``.
     """
     from pfcvr.config import ConfigError, ModelConfig, parse_section
-    from pfcvr.data.tokenizer import Tokenizer
     from pfcvr.model.backbone import CLIPBackbone, clip_from_config
     from pfcvr.model.pfcvr import PFCVR
+    from pfcvr.model.tokenizer import Tokenizer
 
     folder = resolve_model_folder(folder)
     try:

@@ -1,6 +1,6 @@
 """Corruption for the two recovery directions, made on the batch's device inside the forward.
 
-* :func:`corrupt_captions` — BERT-style text corruption (method §1.9): each ordinary token is
+* :func:`corrupt_captions` — BERT-style text corruption (docs/method.md §1.9): each ordinary token is
   selected with probability ``ratio``; a selected token becomes MASK (80 %), a random ordinary
   token (10 %) or stays (10 %). SOT, EOT, MASK and padding are never selected. A caption with no
   selected token gets one, at a random ordinary position, replaced by MASK (the official code

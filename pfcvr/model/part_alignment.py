@@ -1,4 +1,4 @@
-"""Part-level local fine-grained alignment (method §3.3), batched over the whole batch.
+"""Part-level local fine-grained alignment (docs/method.md §3.3), batched over the whole batch.
 
 * Visual part features: V[b, k] = sum_n w_n * m[b, k, n] * z[b, n] + bias, i.e. the patch tokens
   z inside part k's patch-grid mask m, weighted by one learned weight per patch position (the

@@ -1,7 +1,7 @@
 """The PFCVR module: CLIP dual encoder + part alignment + bi-directional mask recovery.
 
 Retrieval uses only the global features (:meth:`PFCVR.encode_text`, :meth:`PFCVR.encode_image`,
-method §3.8). Training (:meth:`PFCVR.forward`) returns the *unweighted* losses of §4 as a
+docs/method.md §3.8). Training (:meth:`PFCVR.forward`) returns the *unweighted* losses of §4 as a
 :class:`PFCVROutput`, for the branches named in ``terms``; a branch not asked for is skipped
 entirely (no compute, its parameters get no gradient). The weights live in
 :class:`pfcvr.losses.Criterion`, which also says which branches to run.
@@ -36,7 +36,8 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from pfcvr import losses
-from pfcvr.config import PART_CATEGORIES, to_dict
+from pfcvr.config import to_dict
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.model.backbone import CLIPBackbone, eot_positions
 from pfcvr.model.masking import corrupt_captions, ordinary_ids, patch_mask
 from pfcvr.model.part_alignment import PartAlignment
@@ -48,7 +49,8 @@ ALL_TERMS = frozenset(losses.TERMS)
 
 @dataclass
 class PFCVROutput:
-    """The unweighted training losses of one batch (method §4), as ``PFCVR.forward`` returns them.
+    """The unweighted training losses of one batch (docs/method.md §4), as ``PFCVR.forward``
+    returns them.
 
     Each loss is a scalar fp32 tensor of shape [] (batch mean, attached to the graph), or None when
     its branch did not run (not in ``terms``):

@@ -1,4 +1,4 @@
-"""Bi-directional mask recovery (method §3.4, §3.5).
+"""Bi-directional mask recovery (docs/method.md §3.4, §3.5).
 
 * :class:`TextRecovery` (MLM, IRRA's IRR module): the corrupted caption's tokens [B, L, D] query
   the clean image's tokens through one cross-attention layer (LayerNorm on both sides; its output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pfcvr.data.cachekey import file_stamp
 from pfcvr.data.manifest import images_root
-from pfcvr.io import read_json
+from pfcvr.runtime.atomic import read_json
 from pfcvr.search.errors import SearchError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")

@@ -22,9 +22,9 @@ import torch
 
 from pfcvr.data.cachekey import source_digest, versions
 from pfcvr.data.dataset import ImageStore, normalize
-from pfcvr.paths import SEARCH_CACHE
 from pfcvr.engine.encode import EvaluationError, encode_image_batches
-from pfcvr.io import atomic_path
+from pfcvr.paths import SEARCH_CACHE
+from pfcvr.runtime.atomic import atomic_path
 from pfcvr.search.errors import SearchError
 from pfcvr.search.gallery import Gallery, gallery_fingerprint
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from pfcvr.data.cachekey import file_stamp
-from pfcvr.io import write_text
 from pfcvr.model.io import CONFIG, TOKENIZER, WEIGHTS, load_model, resolve_model_folder
+from pfcvr.runtime.atomic import write_text
 from pfcvr.search.errors import SearchError
 
 

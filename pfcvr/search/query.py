@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from pfcvr.device import DeviceError, resolve_device
 from pfcvr.engine.encode import encode_queries
 from pfcvr.paths import SEARCH_CACHE
+from pfcvr.runtime.device import DeviceError, resolve_device
 from pfcvr.search.errors import SearchError
 from pfcvr.search.gallery import load_gallery
 from pfcvr.search.index import GalleryIndex, index_gallery
@@ -120,7 +120,7 @@ def write_grid(query: str, hits: list[Hit], path: str | Path, size: int = 160) -
     import numpy as np
     from PIL import Image
 
-    from pfcvr import viz       # matplotlib: loaded only when a grid is asked for
+    from pfcvr.report.figures.evaluation import topk_figure   # matplotlib: only for a grid
 
     images = []
     for h in hits:
@@ -128,7 +128,7 @@ def write_grid(query: str, hits: list[Hit], path: str | Path, size: int = 160) -
             images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
     item = {"caption": query, "target": None, "images": images, "correct": [None] * len(hits),
             "scores": [h.score for h in hits]}
-    viz.topk_figure([item], path, title=f"pfcvr search: top {len(hits)} (cosine score)")
+    topk_figure([item], path, title=f"pfcvr search: top {len(hits)} (cosine score)")
     return Path(path)
 
 

@@ -13,13 +13,12 @@ absent from a caption's phrase mapping.
 
 Modules, one job each: ``regions`` (validation and the annotation / detector sources, the error
 policy), ``prior`` (fixed per-view layouts), ``quality`` (caption phrases, assignment quality,
-agreement with annotations), ``build`` (the document, its stats, figure examples), ``pipeline``
-(the stage's work: checks first, then the run).
+agreement with annotations), ``build`` (the document, its stats, figure examples). The stage's
+work (checks first, then the run) is :mod:`pfcvr.pipeline.parts`.
 """
 from __future__ import annotations
 
 from pfcvr.data.parts.build import SOURCE_NOTES, SOURCES, build_parts, compute_stats, figure_items
-from pfcvr.data.parts.pipeline import PartsJob, PartsResult
 from pfcvr.data.parts.prior import PRIOR_LAYOUTS, prior_layouts, prior_regions
 from pfcvr.data.parts.quality import (agreement_with_annotations, assignment_quality,
                                       caption_phrases)
@@ -27,8 +26,8 @@ from pfcvr.data.parts.regions import (REGION_SOURCE, PartsError, annotation_regi
                                       annotation_regions, check_box, check_grid,
                                       detector_regions, grid_box)
 
-__all__ = ["PRIOR_LAYOUTS", "REGION_SOURCE", "SOURCES", "SOURCE_NOTES", "PartsError", "PartsJob",
-           "PartsResult", "agreement_with_annotations", "annotation_region", "annotation_regions",
+__all__ = ["PRIOR_LAYOUTS", "REGION_SOURCE", "SOURCES", "SOURCE_NOTES", "PartsError",
+           "agreement_with_annotations", "annotation_region", "annotation_regions",
            "assignment_quality", "build_parts", "caption_phrases", "check_box", "check_grid",
            "compute_stats", "detector_regions", "figure_items", "grid_box", "prior_layouts",
            "prior_regions"]

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.parts.prior import PRIOR_LAYOUTS, prior_regions
 from pfcvr.data.parts.quality import agreement_with_annotations, assignment_quality, caption_phrases
 from pfcvr.data.parts.regions import (REGION_SOURCE, ErrorLog, annotation_regions,

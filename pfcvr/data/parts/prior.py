@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.parts.regions import REGION_SOURCE, grid_box, round_box
 
 PRIOR_GRID = 24                # the official 24 x 24 patch grid; the Dataset resamples it

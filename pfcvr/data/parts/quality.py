@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.lexicon import assign_phrases, words
 from pfcvr.data.manifest import record_name
 from pfcvr.data.parts.regions import BadRegion, PartsError, annotation_region

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.manifest import record_name
 
 REGION_SOURCE = {"annotations": "annotation", "groundingdino": "groundingdino", "prior": "prior"}

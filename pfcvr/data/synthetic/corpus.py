@@ -1,7 +1,7 @@
 """The synthetic *pretraining corpus*: many vehicles, few images each, coarse alt-text captions.
 
-It stands in for the web image-text pairs CLIP is pretrained on (method §3.1 starts from OpenAI's
-CLIP): captions name mostly type, colour and view, and mention a part only now and then
+It stands in for the web image-text pairs CLIP is pretrained on (docs/method.md §3.1 starts from
+OpenAI's CLIP): captions name mostly type, colour and view, and mention a part only now and then
 (``part_rate``), as alt-text does. It is drawn from its own seed stream (``[seed, CORPUS_STREAM,
 ...]``, never used by the benchmark generator) and is identity-disjoint from the benchmark: a
 vehicle whose full attribute set (type, colour and every part attribute) equals a benchmark

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.synthetic.vocabulary import (BODY_COLOURS, END_PARTS, GLOBAL, PART_ATTRIBUTES,
                                              SIDE_PARTS, TYPES)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from pfcvr.config import PART_CATEGORIES
+from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.synthetic.pen import END_PROFILES, SIDE_PROFILES, SS, Pen, shade
 from pfcvr.data.synthetic.vehicles import draw_end, draw_side
 from pfcvr.data.synthetic.vocabulary import GLOBAL, PART_GRID, VISIBLE_PARTS
