@@ -167,11 +167,12 @@ def ui_statuses(db: Path) -> dict[str, list[str]]:
 EVAL_STAGE = '''\
 import yaml
 from pfcvr.tracking import stage_run
+from pfcvr.tracking.model import log_model
 
 seed = yaml.safe_load(open("params.yaml"))["seed"]
 with stage_run("evaluate", None, variant="full", required=True) as run:
     run.log_metrics({"R1": 10.0 + seed, "R5": 20.0, "R10": 30.0, "mAP": 5.0 + seed, "mINP": 1.0})
-    run.log_model(MODEL, "pfcvr-full", metadata={"variant": "full", "seed": seed})
+    log_model(run, MODEL, "pfcvr-full", metadata={"variant": "full", "seed": seed})
 open("out.txt", "w").write(f"{seed}\\n")
 '''
 

@@ -385,12 +385,14 @@ def test_a_refused_call_is_dropped_and_never_leaves_a_run_running(store, tmp_pat
     """A call the store refuses for good (here: a folder that is no model) used to wait in the
     outbox and hold back every later call, the end of the run among them: the run stayed
     RUNNING. Now: one warning naming the call, the rest logged, the run FINISHED."""
+    from pfcvr.tracking.model import log_model
+
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with stage_run("evaluate", variant="full", required=True) as run:
-            run.log_model(not_a_model, "pfcvr-full")
+            log_model(run, not_a_model, "pfcvr-full")
             run.log_metrics({"R1": 12.5})
     texts = [str(w.message) for w in caught if "refused" in str(w.message)]
     assert len(texts) == 1 and "log model pfcvr-full" in texts[0] and "not retried" in texts[0]
