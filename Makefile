@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 TUNE_PORT ?= 8080
 
-.PHONY: setup browser repro test test-fast ui ui-check tune-ui bench
+.PHONY: setup browser repro test test-fast ui ui-check tune-ui bench compare
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overr
 
 ui-check: setup browser  ## real server + offline headless Chromium over ./mlflow.db; 2 screenshots
 	$(PY) -m tests.support.uicheck --store sqlite:///$(CURDIR)/mlflow.db --figures reports/figures
+
+# `make compare`: every column of `dvc exp show` is dropped but the experiment, the params (the
+# top-level sections of params.yaml; --only-changed keeps those that differ) and the test.<variant>
+# cells of reports/compare.json (kept even when equal). tests/test_compare.py checks the list.
+PARAM_SECTIONS := seed|data|parts|model|pretrain|train|eval|ablations|report|tune|tracking
+compare: setup  ## DVC experiments side by side in 120 columns: changed params, test R1 / mAP per variant
+	@echo "test.<variant> = test R1 / mAP (%, best-on-val checkpoint, mean over seeds)"
+	$(VENV)/bin/dvc exp show --no-pager --only-changed --keep '^test\.' --drop '^(?!Experiment$$|(params\.yaml:)?($(PARAM_SECTIONS))(\.|$$))'
 
 bench: setup  ## speed and memory benchmarks (print ratios); presets.py is their shared data
 	for b in benchmarks/*.py; do case "$$b" in benchmarks/presets.py|benchmarks/learnability.py) continue;; esac; \
