@@ -361,15 +361,13 @@ def read_raw(path: str | Path = "params.yaml") -> dict:
 
 
 def yaml_problem(err: Exception, text: str) -> str:
-    """`` at line L, column C: <problem>`` for a ruamel parse error, on one line (ruamel's own
-    message spans five, with a snippet of the line); a tab gets what to do."""
+    """`` at line L, column C: <problem>`` of a ruamel parse error, on one line (ruamel's own
+    message spans five lines); a tab says what to do."""
     mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
     if mark is None or not problem:
         return f": {' '.join(str(err).split())}"
-    where = f" at line {mark.line + 1}, column {mark.column + 1}"
-    lines = text.splitlines()
-    if "'\\t'" in problem or (mark.line < len(lines) and
-                               lines[mark.line][mark.column:mark.column + 1] == "\t"):
+    where, lines = f" at line {mark.line + 1}, column {mark.column + 1}", text.splitlines() + [""]
+    if "'\\t'" in problem or lines[mark.line][mark.column:mark.column + 1] == "\t":
         return f"{where}: a tab character; YAML allows only spaces there, replace it with spaces"
     context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
     if context and start is not None and start.line != mark.line:
