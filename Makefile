@@ -21,7 +21,7 @@ LAB_PORT ?= 5000
 LAB_PG_PORT ?= 5432
 LAB_PUBLIC_HOST ?= $(shell hostname -f 2>/dev/null || hostname)
 
-.PHONY: setup browser postgres repro test test-fast ui ui-check tune-ui bench lab-server lab-stop lab-user
+.PHONY: setup browser postgres repro test test-fast ui ui-check tune-ui bench compare lab-server lab-stop lab-user
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,14 @@ tune-ui: setup  ## Optuna dashboard over the study storage (OPTUNA_STORAGE overr
 
 ui-check: setup browser  ## real server + offline headless Chromium over ./mlflow.db; 2 screenshots
 	$(PY) -m tests.support.uicheck --store sqlite:///$(CURDIR)/mlflow.db --figures reports/figures
+
+# `make compare`: every column of `dvc exp show` is dropped but the experiment, the params (the
+# top-level sections of params.yaml; --only-changed keeps those that differ) and the test.<variant>
+# cells of reports/compare.json (kept even when equal). tests/test_compare.py checks the list.
+PARAM_SECTIONS := seed|data|parts|model|pretrain|train|eval|ablations|report|tune|tracking
+compare: setup  ## DVC experiments side by side in 120 columns: changed params, test R1 / mAP per variant
+	@echo "test.<variant> = test R1 / mAP (%, best-on-val checkpoint, mean over seeds)"
+	$(VENV)/bin/dvc exp show --no-pager --only-changed --keep '^test\.' --drop '^(?!Experiment$$|(params\.yaml:)?($(PARAM_SECTIONS))(\.|$$))'
 
 bench: setup  ## speed and memory benchmarks (print ratios); presets.py is their shared data
 	for b in benchmarks/*.py; do case "$$b" in benchmarks/presets.py|benchmarks/learnability.py) continue;; esac; \

@@ -356,8 +356,23 @@ def read_raw(path: str | Path = "params.yaml") -> dict:
     try:
         raw = YAML(typ="safe", pure=True).load(text)
     except YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML{yaml_problem(err, text)}") from None
     return {} if raw is None else raw
+
+
+def yaml_problem(err: Exception, text: str) -> str:
+    """`` at line L, column C: <problem>`` of a ruamel parse error, on one line (ruamel's own
+    message spans five lines); a tab says what to do."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or not problem:
+        return f": {' '.join(str(err).split())}"
+    where, lines = f" at line {mark.line + 1}, column {mark.column + 1}", text.splitlines() + [""]
+    if "'\\t'" in problem or lines[mark.line][mark.column:mark.column + 1] == "\t":
+        return f"{where}: a tab character; YAML allows only spaces there, replace it with spaces"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start.line != mark.line:
+        problem = f"{problem} ({context} that starts at line {start.line + 1})"
+    return f"{where}: {' '.join(str(problem).split())}"
 
 
 def load_params(path: str | Path = "params.yaml", variant: str | None = None,

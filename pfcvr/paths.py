@@ -43,6 +43,7 @@ FIGURES = Path("reports/figures")
 # report
 ABLATION_MD = Path("reports/ablation.md")
 ABLATION_JSON = Path("reports/ablation.json")
+COMPARE_JSON = Path("reports/compare.json")    # test R1 / mAP per variant: `make compare`
 ABLATION_FIGURE = FIGURES / "ablation.png"
 
 # tune

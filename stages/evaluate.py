@@ -4,7 +4,8 @@
 
 Reads models/<variant>/seed<k>/{best,final}/ for every k of report.seeds, data/prepared and
 data/parts/parts.json; writes reports/metrics/<variant>.json (DVC metrics), reports/eval/<variant>/
-{cmc.tsv, model_card.md} and reports/figures/{cmc,topk}_<variant>.png; logs them to the nested
+{cmc.tsv, model_card.md} and reports/figures/{cmc,topk}_<variant>.png as one set (published
+together, the metrics last: pfcvr.runtime.output_set); logs them to the nested
 MLflow run `evaluate@<variant>` (R1 ... mINP under the same names for every variant) with the
 best checkpoint of seed report.seeds[0] as a registered pyfunc model `pfcvr-<variant>`. The work
 is pfcvr.pipeline.evaluate.
@@ -18,9 +19,8 @@ from pathlib import Path
 
 from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.pipeline.evaluate import plan_evaluation, write_figures
-from pfcvr.report.cards import cmc_table, mean_std
-from pfcvr.runtime.atomic import write_json, write_text
+from pfcvr.pipeline.evaluate import plan_evaluation, publish
+from pfcvr.report.cards import mean_std
 from pfcvr.runtime.stage import run_stage
 from pfcvr.runtime.storage import check_writable
 from pfcvr.tracking import stage_run
@@ -50,17 +50,13 @@ def main(argv: list[str] | None = None) -> None:
 
     with stage_run("evaluate", params, variant=v, tags={"split": "test"}) as run:
         result = plan.run(progress=sys.stderr.isatty(), log=functools.partial(print, flush=True))
-        card = result.model_card()
-        write_json(out_json, result.metrics_document())
-        write_text(out_cmc, cmc_table(result.curves()))
-        write_text(out_card, card)
-        write_figures(result, fig_cmc, fig_topk)
+        publish(result, out_json, out_cmc, out_card, fig_cmc, fig_topk)   # one set
         run.log_metrics(result.mlflow_metrics())
         for path in (out_json, out_cmc, out_card, fig_cmc, fig_topk):
             run.log_artifact(path)
         for m in result.models:
             run.log_artifact(m.folder / "config.json", f"models/{m.label}")
-        run.set_tags({"mlflow.note.content": card})
+        run.set_tags({"mlflow.note.content": result.model_card()})
         pub = result.published_model()   # seeds[0], best on val: `models:/pfcvr-<variant>/latest`
         log_model(run, pub.folder, f"pfcvr-{v}", metadata={"variant": v, "seed": pub.seed,
                   "checkpoint": pub.checkpoint}, description=f"{v}, {pub.label}: {pub.folder}")

@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     with stage_run("parts", params) as run:
         result = job.run()
         with OutputSet(args.out) as outs:
-            doc, figure, stats = outs.file(args.out), outs.file(args.figure), outs.file(args.stats)
+            doc, _, stats = outs.file(args.out), outs.file(args.figure), outs.file(args.stats)
             doc.write_text(result.document_json())
-            part_pairs_figure(result.figure_items(n=4), figure, title=result.figure_title())
+            outs.figure(args.figure, lambda path: part_pairs_figure(
+                result.figure_items(n=4), path, title=result.figure_title()), "part pairs figure")
             stats.write_text(json.dumps(result.stats, indent=2) + "\n")
         run.log_metrics(result.metrics())
         run.log_artifact(args.stats)

@@ -16,7 +16,7 @@ from pfcvr import paths
 from pfcvr.config import ConfigError, flatten, load_params
 from pfcvr.data.manifest import DataError
 from pfcvr.pipeline.prepare import prepare, summary
-from pfcvr.runtime.stage import run_stage
+from pfcvr.runtime.stage import one_line, run_stage
 from pfcvr.tracking import stage_run
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             run.log_artifact(args.figure, "figures")
             run.log_artifact(Path(args.out) / "meta.json", "data")
     except (ConfigError, DataError, OSError, ValueError) as err:   # bad input, files, full disk
-        print(f"prepare: error: {err}", file=sys.stderr)
+        print(one_line("prepare", err), file=sys.stderr)   # one line, whatever the message
         return 1
     print(f"prepare: {summary(stats, seconds)}")
     return 0

@@ -1,9 +1,12 @@
 """DVC stage `report`: ablation table, paired intervals, verdicts, figure; published to MLflow.
 
-Reads reports/metrics/<variant>.json for every variant of `ablations` and reports/data/stats.json;
-writes reports/ablation.md, reports/ablation.json (DVC metrics) and reports/figures/ablation.png.
-Publishes to MLflow whenever it runs; like every stage it runs only when its inputs changed, so a
-second clone that `dvc pull`s the outputs runs nothing. The work is
+Reads reports/metrics/<variant>.json for every variant of `report.variants`, reports/metrics/
+zero_shot.json, reports/data/stats.json and reports/pretrain/stats.json; writes reports/ablation.md,
+reports/compare.json (the cells `make compare` shows), reports/figures/ablation.png and
+reports/ablation.json (DVC metrics) as one set (pfcvr.runtime.output_set). What the report states
+comes from those inputs; where they disagree with the params, a warning says so (on stderr and at
+the top of the report). Publishes to MLflow whenever it runs; like every stage it runs only when its
+inputs changed, so a second clone that `dvc pull`s the outputs runs nothing. The work is
 pfcvr.pipeline.report.ablation_report.
 """
 from __future__ import annotations
@@ -13,9 +16,7 @@ import sys
 
 from pfcvr import paths
 from pfcvr.config import load_params
-from pfcvr.pipeline.report import ablation_report
-from pfcvr.report.figures.ablation import ablation_figure
-from pfcvr.runtime.atomic import write_json, write_text
+from pfcvr.pipeline.report import ablation_report, publish
 from pfcvr.runtime.stage import run_stage
 from pfcvr.tracking import stage_run
 
@@ -27,17 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-stats", default=str(paths.DATA_STATS))
     ap.add_argument("--out-md", default=str(paths.ABLATION_MD))
     ap.add_argument("--out-json", default=str(paths.ABLATION_JSON))
+    ap.add_argument("--compare", default=str(paths.COMPARE_JSON))
     ap.add_argument("--figure", default=str(paths.ABLATION_FIGURE))
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
-    outputs = (args.out_md, args.out_json, args.figure)
+    outputs = (args.out_md, args.out_json, args.compare, args.figure)
     with stage_run("report", params) as run:
         report = ablation_report(params, args.metrics, args.data_stats,
                                  paths.PRETRAIN_REPORTS / "stats.json")
-        write_text(args.out_md, report.markdown)
-        write_json(args.out_json, report.document)
-        ablation_figure(report.figure_data, args.figure, mde=report.mde_values)
+        publish(report, args.out_md, args.out_json, args.compare, args.figure)   # one set
         metrics = report.mlflow_metrics()
         run.log_metrics(metrics)
         for path in outputs:

@@ -61,3 +61,31 @@ def test_out_of_gpu_memory_says_what_to_lower(capsys):
 def test_interrupt(capsys):
     assert run_stage("train", _raise(KeyboardInterrupt())) == 130
     assert capsys.readouterr().err == "train: interrupted\n"
+
+
+
+def test_a_tab_in_params_yaml_is_one_line_naming_line_and_column(tmp_path, capsys):
+    """Issue 23 §8: a tab in params.yaml ended `prepare` with ruamel's five-line message. Every
+    stage now prints one line naming the line and column and what to do."""
+    import importlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "params.yaml").read_text().replace("\n  source: synthetic",
+                                                      "\n\tsource: synthetic")
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    line = text[:text.index("\tsource")].count("\n") + 1
+    expected = (f"{bad}: not valid YAML at line {line}, column 1: a tab character; YAML allows "
+                "only spaces there, replace it with spaces")
+    out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(bad)],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr) == (1, f"prepare: error: {expected}\n")
+    for stage in ("parts", "pretrain", "zero_shot", "train", "evaluate", "report", "tune"):
+        main = importlib.import_module(f"stages.{stage}").main
+        args = ["--params", str(bad)] + (["--variant", "full"] if stage in ("train", "evaluate")
+                                         else [])
+        assert run_stage(stage, lambda: main(args)) == 1
+        assert capsys.readouterr().err == f"{stage}: error: {expected}\n"

@@ -204,6 +204,11 @@ def test_stage_writes_metrics_plots_figures_and_mlflow_run(tiny, stage_env, monk
 
     doc = json.loads((ws / "reports/metrics/full.json").read_text())
     assert {"best", "final"} <= set(doc) and doc["seeds"] == list(SEEDS)
+    # issue 23 §4: what was evaluated, read from the model folders (the report states it)
+    assert doc["variant"] == "full" and doc["data_source"] == "synthetic"
+    assert doc["models"] == {"backbone": tiny["params"].model.backbone,
+                             "image_size": tiny["params"].model.image_size,
+                             "epochs": [3, 3], "train": None}   # saved without a recipe here
     assert "best_part_fusion" not in doc               # default eval.part_fusion = 0
     for kind in ("best", "final"):
         for m in ("R1", "R5", "R10", "mAP", "mINP"):

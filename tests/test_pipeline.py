@@ -10,7 +10,8 @@ One module-scoped `dvc repro` feeds every test here:
   R1 ... mINP columns and compare them, no parent run stays RUNNING, and each variant's registered
   model embeds a caption (issue 15; PFCVR_UPDATE_FIGURES=1 refreshes the screenshots of docs/tracking.md);
 - `dvc exp run -S train.mask_ratio=0.3` re-runs exactly the affected stages and shows up in
-  `dvc exp show` and as a new MLflow parent run; a queued experiment writes to the same store.
+  `dvc exp show`, in `make compare` within 120 columns (issue 23), and as a new MLflow parent run;
+  a queued experiment writes to the same store.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import yaml
 
 from pfcvr.config import read_raw, set_dotted
 from pfcvr.data.categories import PART_CATEGORIES
+from tests.support.compare import compare_command
 from tests.support.offline_browser import require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +207,16 @@ def test_dvc_exp_run_set_param(pipeline):
     shown = json.loads(run([dvc, "exp", "show", "--json"], repo, env).stdout)
     text = json.dumps(shown)
     assert "mask03" in text and "0.3" in text
+    # issue 23 §7: `make compare` fits 120 columns: the changed param and each variant's test
+    # R1 / mAP (reports/compare.json; the workspace holds the experiment's outputs)
+    table = run(compare_command(dvc), repo, {**env, "COLUMNS": "120"}).stdout
+    lines = [line.rstrip() for line in table.splitlines() if line.strip()]
+    assert max(map(len, lines)) <= 120 and "…" not in table, table
+    assert next(line for line in lines if "Experiment" in line).split() == [
+        "Experiment", *(f"test.{v}" for v in VARIANTS), "train.mask_ratio"], table
+    cells = json.loads((repo / "reports/compare.json").read_text())["test"]
+    row = next(line for line in lines if "[mask03]" in line)
+    assert all(cells[v] in row for v in VARIANTS) and row.split()[-1] == "0.3", table
     from pfcvr import tracking
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     try:

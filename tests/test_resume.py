@@ -3,6 +3,8 @@
 The stage trains seeds 0 and 1 of a tiny project. The first run is SIGKILLed as soon as seed 1's
 first checkpoint exists (seed 0 finished, seed 1 in progress); the restart must skip seed 0, resume
 seed 1 and end with the same weights, history and val metrics as a run that was never interrupted.
+The killed run leaves the previous run's models, history, summary and figure untouched (issue 23:
+one set; its live history is in .cache/train/full/).
 """
 import csv
 import os
@@ -47,6 +49,12 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return pfcvr.load(folder).state_dict()
 
 
+def _tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (or ``path`` itself) with its bytes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(path.parent)): p.read_bytes() for p in files}
+
+
 def _history(project: Path) -> list[dict]:
     with open(project / "reports/train/full/history.tsv") as fh:
         return [{k: v for k, v in row.items() if k not in TIMING}
@@ -66,6 +74,12 @@ def runs(tmp_path_factory):
     shutil.copytree(ref, cut)
     env = _env(tmp)
     ref_log = _finish(_start(ref, env))
+    # issue 23 §3: `cut` holds a previous run's outputs, which the killed run must leave whole
+    previous = ("models/full", "reports/train/full", "reports/figures/train_full.png")
+    for rel in previous:
+        (cut / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ref / rel).is_dir() else shutil.copy2)(ref / rel, cut / rel)
+    before = {rel: _tree(cut / rel) for rel in previous}
 
     proc = _start(cut, env)
     marker = cut / ".cache/train/full/seed1/checkpoint.pt"
@@ -76,7 +90,10 @@ def runs(tmp_path_factory):
     proc.kill()
     first_log, _ = proc.communicate()
     assert alive, f"the stage ended before it could be killed:\n{first_log[-3000:]}"
-    assert not (cut / "models/full").exists()
+    # the new run's epochs are in its live history only, beside the previous run's whole set
+    assert {rel: _tree(cut / rel) for rel in previous} == before
+    live = (cut / ".cache/train/full/history.tsv").read_text().splitlines()
+    assert live[0].startswith("seed\tepoch") and live[1].startswith("0\t1\t")
     resumed_log = _finish(_start(cut, env))
     return {"ref": ref, "cut": cut, "ref_log": ref_log, "first_log": first_log,
             "resumed_log": resumed_log}

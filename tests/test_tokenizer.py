@@ -114,3 +114,43 @@ def test_clip_checkpoint_tokenizer_gets_a_mask_token(tmp_path):
     assert tok.decode(ids) == "a red car with blue wheels"
     tok.save(tmp_path / "saved")
     assert torch.equal(Tokenizer.load(tmp_path / "saved")(CAPTIONS), tok(CAPTIONS))
+
+
+def test_the_default_data_fits_the_default_context_length(tmp_path, monkeypatch):
+    """Issue 23 §8: with 48 tokens the default benchmark's own captions were cut (a warning at
+    every run). Every caption of every split of the default data must fit
+    `model.tiny.context_length` under both tokenizers the default can use: the pretrained
+    backbone's BPE (learned on the pretraining corpus) and the tiny backbone's (learned on the
+    training captions). The captions are the real generator's (their random stream is separate
+    from the rendering's, so the images are stood in for by 1-pixel ones: about 10 s instead of
+    minutes). When a change of the default data or vocabulary makes this fail, raise the default
+    to the value the message names (the pretrained backbone then needs `dvc repro pretrain`)."""
+    import numpy as np
+    from PIL import Image
+
+    import pfcvr.data.synthetic.corpus as corpus
+    import pfcvr.data.synthetic.generator as generator
+    from pfcvr.config import load_params
+    from pfcvr.pipeline.pretrain import benchmark_identity_keys
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    monkeypatch.setattr(generator, "render", lambda attrs, view, size, rng: (Image.new("RGB", (1, 1)), {}))
+    monkeypatch.setattr(corpus, "render_jobs", lambda fn, jobs, *a, **k: [
+        np.zeros((1, 1, 3), np.uint8) for job in jobs for _ in job[3]])
+    records = generator.generate(params.data.synthetic, params.seed, tmp_path, workers=1)
+    p, m = params.pretrain, params.model
+    pool = corpus.build_corpus(p.n_ids, p.images_per_id, p.captions_per_image, p.part_rate,
+                               m.image_size, params.seed, benchmark_identity_keys(records) or ())
+    captions = [c for r in records for c in r["captions"]]
+    train = [c for r in records if r["split"] == "train" for c in r["captions"]]
+    longest = {}
+    for name, learned_on in (("pretrained", [c for cs in pool.captions for c in cs]),
+                             ("tiny", train)):
+        tok = Tokenizer.train(learned_on, m.tiny.vocab_size, m.tiny.context_length)
+        longest[name] = max(tok.count_tokens(captions + learned_on))
+    need = max(longest.values())
+    assert need <= m.tiny.context_length, (
+        f"the default data's longest caption takes {need} tokens ({longest}), more than "
+        f"model.tiny.context_length={m.tiny.context_length}: raise it in params.yaml to "
+        f"{-(-need // 8) * 8}")

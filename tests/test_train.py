@@ -308,6 +308,7 @@ def test_stage_outputs_and_mlflow(stage_dir):
     import json
 
     from pfcvr import tracking
+    from pfcvr.config import load_params
     from stages import train as stage
 
     _set_params(stage_dir, train__epochs=2, report__seeds=[5])
@@ -318,6 +319,11 @@ def test_stage_outputs_and_mlflow(stage_dir):
             assert (models / f"seed{seed}/{which}/config.json").is_file()
         res = json.loads((models / f"seed{seed}/result.json").read_text())
         assert res["seed"] == seed and res["best"]["epoch"] in (1, 2)
+        # issue 23 §4: the recipe travels with the model, so the report states what it read
+        extra = json.loads((models / f"seed{seed}/final/config.json").read_text())["extra"]
+        t = load_params(stage_dir / "params.yaml", variant="no_mim").train
+        assert extra["epoch"] == 2 and extra["train"] == {
+            "epochs": 2, "batch_size": t.batch_size, "lr": t.lr, "precision": t.precision}
     card = (models / "MODEL_CARD.md").read_text()
     assert "without masked image recovery" in card and "`train.weights.mim` | 0.5 | 0.0" in card
     with open(stage_dir / "reports/train/no_mim/history.tsv") as fh:

@@ -47,7 +47,8 @@ SPLITS = ("train", "val", "test")
 class SplitData:
     """The records of one split with their aligned parts entries.
 
-    ``indices``: positions in the manifest; ``ids``: raw identity of each record.
+    ``indices``: positions in the manifest; ``ids``: raw identity of each record; ``source``:
+    the dataset it was prepared from (``meta.json``'s ``source``, "" when unknown).
     """
     split: str
     records: list[dict]
@@ -55,6 +56,7 @@ class SplitData:
     images_root: Path
     ids: list[int]
     indices: list[int]
+    source: str = ""
     _stores: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -82,10 +84,18 @@ class SplitData:
 
 
 def load_split(prepared_dir: str | Path, parts_path: str | Path, split: str) -> SplitData:
-    """Records of ``split`` from ``<prepared_dir>/manifest.json`` with their parts entries."""
+    """Records of ``split`` from ``<prepared_dir>/manifest.json`` with their parts entries.
+
+    Raises ValueError for a bad split, manifest or parts file, and
+    :class:`pfcvr.runtime.output_set.IncompleteOutputs` while the prepare or parts stage's
+    output set is half-published (a run killed while renaming its outputs into place)."""
+    from pfcvr.runtime.output_set import require_whole
+
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
     prepared_dir = Path(prepared_dir)
+    require_whole(prepared_dir, "prepare")
+    require_whole(parts_path, "parts")
     manifest = read_json(prepared_dir / "manifest.json")
     meta_path = prepared_dir / "meta.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
@@ -124,7 +134,8 @@ def load_split(prepared_dir: str | Path, parts_path: str | Path, split: str) -> 
         parts.append(ent)
         ids.append(pid)
         indices.append(i)
-    return SplitData(split, records, parts, images_root(prepared_dir, meta), ids, indices)
+    return SplitData(split, records, parts, images_root(prepared_dir, meta), ids, indices,
+                     source=str(meta.get("source", "")) if isinstance(meta, dict) else "")
 
 
 def pid_map(ids: list[int]) -> dict[int, int]:
@@ -300,8 +311,9 @@ class ImageTextDataset(Dataset):
             warnings.warn(f"{len(over)} of {len(counts)} captions of split {self.data.split!r} "
                           f"are longer than the model's context length of {context_length} "
                           f"tokens (longest {max(over)}) and are cut: their end is not read "
-                          "(raise model.tiny.context_length for the tiny and pretrained backbones; "
-                          "the pretrain stage then runs again)", stacklevel=3)
+                          f"(raise model.tiny.context_length to at least {max(over)} for the tiny "
+                          "and pretrained backbones; the pretrain stage then runs again)",
+                          stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.captions)

@@ -31,7 +31,8 @@ from pfcvr.config import PartsConfig
 from pfcvr.data.cachekey import source_digest, versions
 from pfcvr.data.categories import PART_CATEGORIES
 from pfcvr.data.lexicon import phrase_category
-from pfcvr.runtime.atomic import read_json, write_text
+from pfcvr.runtime.atomic import read_json
+from pfcvr.runtime.output_set import OptionalCache
 
 CACHE_VERSION = 2              # the cached content's format (code changes are in the key anyway)
 DETECTOR_SOURCES = ("data/grounding.py", "data/lexicon.py", "config.py")   # relative to pfcvr/
@@ -192,6 +193,8 @@ class GroundingDetector:
         self.phrases = prompt_phrases(settings.prompt)
         self.device = detector_device(settings.device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        # only saves time: a cache that cannot be written is one warning, the detections stand
+        self.cache = OptionalCache(self.cache_dir, "GroundingDINO result cache")
         self._model = self._processor = self._token_category = None
         self.fingerprint = folder_fingerprint(self.path)
         self.key_inputs = {
@@ -266,7 +269,8 @@ class GroundingDetector:
         if f is not None:
             meta = {"key": self.cache_key, "detector": str(self.path), **{
                 k: v for k, v in self.key_inputs.items() if k != "model"}}
-            write_text(f, json.dumps({**meta, "images": cache}, separators=(",", ":")))
+            text = json.dumps({**meta, "images": cache}, separators=(",", ":"))
+            self.cache.write(f, lambda tmp: tmp.write_text(text))
 
     def _batches(self, todo: list[str], first: dict[str, Path]) -> list[list[str]]:
         """``todo`` keys in batches of at most ``batch_size`` images of one size (no padding)."""

@@ -232,12 +232,15 @@ def backbone_source(name: str) -> str:
     ``pretrained`` is the pretrain stage's folder (``pfcvr.paths.PRETRAINED``, relative to the
     repository root where DVC runs the stages); anything else is a transformers id or folder.
 
-    Raises OSError when ``pretrained`` is named but the pretrain stage has not run.
+    Raises OSError when ``pretrained`` is named but the pretrain stage has not run, and
+    IncompleteOutputs (a ValueError) while its output set is half-published.
     """
     if name != PRETRAINED:
         return name
     from pfcvr.paths import PRETRAINED as folder
+    from pfcvr.runtime.output_set import require_whole
 
+    require_whole(folder, "pretrain")   # a killed publication: weights and stats may differ
     if not (folder / "config.json").is_file():
         raise OSError(f"model.backbone=pretrained: {folder}/ holds no pretrained backbone; run the "
                       f"pretrain stage first (`dvc repro pretrain`), or set model.backbone: tiny")

@@ -6,7 +6,10 @@ split); :meth:`EvaluationPlan.run` evaluates ``models/<variant>/seed<k>/{best,fi
 k of ``report.seeds`` with :func:`pfcvr.engine.evaluate.evaluate_retrieval` and returns a
 :class:`VariantEvaluation`, which gives the DVC metrics document
 ``{checkpoint: {metric: {"mean", "std", "runs"}}, split, seeds, n_queries, n_gallery,
-part_fusion, part_fusion_note?}``, the CMC curves, the model card and the MLflow metrics.
+part_fusion, part_fusion_note?, variant, data_source, models}``, the CMC curves, the model card
+and the MLflow metrics. ``models`` says what the evaluated folders hold (read from them, not
+from the params): backbone, image size, the epochs each seed trained and the training recipe,
+so that the report states what was measured (:mod:`pfcvr.report.provenance`).
 Checkpoints: ``best`` (selected on val Rank-1, the primary number), ``final`` (last epoch) and,
 when ``eval.part_fusion > 0`` was applied, ``best_part_fusion`` / ``final_part_fusion``.
 """
@@ -33,8 +36,12 @@ def model_folders(models_dir: str | Path, variant: str, seeds: Sequence[int]
     """Every (seed, checkpoint) model folder of ``variant``.
 
     Raises FileNotFoundError listing every folder that is missing or lacks config.json /
-    model.safetensors, in one message.
+    model.safetensors, in one message, and IncompleteOutputs while the train stage's output set
+    is half-published (:func:`pfcvr.runtime.output_set.require_whole`).
     """
+    from pfcvr.runtime.output_set import require_whole
+
+    require_whole(Path(models_dir) / variant, f"train@{variant}")
     folders, missing = {}, []
     for seed in seeds:
         for kind in CHECKPOINTS:
@@ -59,6 +66,7 @@ class EvaluatedModel:
     folder: Path
     extra: dict
     result: RetrievalResult
+    config: dict = field(default_factory=dict)   # the model params saved with it
 
     @property
     def label(self) -> str:
@@ -110,14 +118,34 @@ class VariantEvaluation:
         return out
 
     def info(self) -> dict[str, Any]:
-        """The protocol keys of the metrics document."""
+        """The protocol keys of the metrics document, and what was evaluated
+        (:meth:`provenance`)."""
         first = self.results("best")[0]
         out = {"split": "test", "seeds": list(self.seeds), "n_queries": int(first.n_queries),
                "n_gallery": int(first.n_gallery), "part_fusion": self.part_fusion,
                "single_seed": len(self.seeds) < 2}   # then "std" 0 is no noise estimate
         if self.part_fusion_note:
             out["part_fusion_note"] = self.part_fusion_note
+        out.update(self.provenance())
         return out
+
+    def provenance(self) -> dict[str, Any]:
+        """``variant``; ``data_source`` (the prepared data's ``meta.json`` source); ``models``:
+        ``backbone`` and ``image_size`` (from each folder's saved model params; a list when the
+        seeds differ), ``epochs`` (per seed, the epoch of its final checkpoint), ``train``
+        (the recipe saved by the train stage, or null for folders written before it was
+        saved)."""
+        finals = [m for m in self.models if m.checkpoint == "final"]
+
+        def one(values: list) -> Any:   # the common value, else the list per seed
+            return values[0] if all(v == values[0] for v in values) else values
+
+        recipes = [m.extra.get("train") for m in finals]
+        return {"variant": self.variant, "data_source": getattr(self.split, "source", ""),
+                "models": {"backbone": one([m.config.get("backbone") for m in finals]),
+                           "image_size": one([m.config.get("image_size") for m in finals]),
+                           "epochs": [m.extra.get("epoch") for m in finals],
+                           "train": one(recipes) if all(recipes) else None}}
 
     def metrics_document(self) -> dict[str, Any]:
         """reports/metrics/<variant>.json: :meth:`summary` then :meth:`info`."""
@@ -189,7 +217,8 @@ class EvaluationPlan:
                                          topk_queries=ev.topk_queries if want_topk else 0,
                                          gallery_dataset=gallery)
                 models.append(EvaluatedModel(seed, kind, self.folders[(seed, kind)],
-                                             dict(getattr(model, "extra", {}) or {}), res))
+                                             dict(getattr(model, "extra", {}) or {}), res,
+                                             dict(getattr(model, "config", {}) or {})))
                 if log is not None:
                     scores = "  ".join(f"{m} {v:.2f}" for m, v in res.metrics().items())
                     log(f"evaluate@{self.variant} seed {seed} {kind}: {scores}  "
@@ -215,20 +244,48 @@ def plan_evaluation(params, variant: str, models_dir: str | Path, prepared: str 
                           params.eval)
 
 
-def write_figures(evaluation: VariantEvaluation, cmc_path: str | Path,
-                  topk_path: str | Path) -> None:
-    """reports/figures/cmc_<variant>.png (mean CMC per checkpoint, band = min..max over seeds)
-    and topk_<variant>.png (the first seed's best checkpoint)."""
+def publish(evaluation: VariantEvaluation, metrics: Path, cmc: Path, card: Path,
+            cmc_figure: Path, topk_figure: Path) -> None:
+    """Write the variant's outputs as one set (:class:`pfcvr.runtime.output_set.OutputSet`,
+    primary ``metrics``): the CMC table, the model card, the two figures (optional: a figure
+    that cannot be drawn is a warning and a placeholder) and, last, the metrics JSON that the
+    report reads. A run killed before the renames leaves the previous set whole; one killed
+    during them is finished by the next run, and readers refuse the set meanwhile
+    (:func:`pfcvr.runtime.output_set.require_whole`)."""
+    import json
+
+    from pfcvr.report.cards import cmc_table
+    from pfcvr.runtime.output_set import OutputSet
+
+    with OutputSet(metrics) as outs:
+        outs.file(cmc).write_text(cmc_table(evaluation.curves()))
+        outs.file(card).write_text(evaluation.model_card())
+        draw_cmc, draw_topk = figure_drawers(evaluation)
+        outs.figure(cmc_figure, draw_cmc, f"evaluate@{evaluation.variant} CMC figure")
+        outs.figure(topk_figure, draw_topk, f"evaluate@{evaluation.variant} top-k figure")
+        outs.file(metrics).write_text(json.dumps(evaluation.metrics_document(), indent=2) + "\n")
+
+
+def figure_drawers(evaluation: VariantEvaluation):
+    """Two callables ``draw(path)``: reports/figures/cmc_<variant>.png (mean CMC per checkpoint,
+    band = min..max over seeds) and topk_<variant>.png (the first seed's best checkpoint)."""
     from pfcvr.report.explain import topk_figure_items
     from pfcvr.report.figures.evaluation import cmc_figure, topk_figure
 
     v, n = evaluation.variant, len(evaluation.seeds)
     curves = {CURVE_LABELS[k.split("_")[0]] + (" + part fusion" if FUSED_SUFFIX in k else ""): c
               for k, c in evaluation.curves().items()}
-    cmc_figure(curves, cmc_path, title=f"CMC on the test split, variant {v} "
+
+    def draw_cmc(path: Path) -> None:
+        cmc_figure(curves, path, title=f"CMC on the test split, variant {v} "
                                        f"(mean over {n} seed(s); band = min..max)")
-    seed, items = evaluation.topk()
-    topk_figure(topk_figure_items(items, evaluation.split), topk_path,
-                title=f"Top-{len(items[0].gallery) if items else 5} test retrieval, "
-                      f"variant {v}, seed {seed} best checkpoint: green frame = right "
-                      "vehicle, red = wrong vehicle, blue = the image the caption describes")
+
+    def draw_topk(path: Path) -> None:
+        seed, items = evaluation.topk()
+        topk_figure(topk_figure_items(items, evaluation.split), path,
+                    title=f"Top-{len(items[0].gallery) if items else 5} test retrieval, "
+                          f"variant {v}, seed {seed} best checkpoint: green frame = right "
+                          "vehicle, red = wrong vehicle, blue = the image the caption describes")
+
+    return draw_cmc, draw_topk
+

@@ -18,7 +18,7 @@ from pfcvr.data.grounding import (DetectorSettings, check_images_exist, detect_p
 from pfcvr.data.manifest import images_root, record_name
 from pfcvr.data.parts.build import build_parts, figure_items
 from pfcvr.runtime.atomic import read_json
-from pfcvr.runtime.output_set import pending_outputs
+from pfcvr.runtime.output_set import require_whole
 
 
 @dataclass
@@ -99,10 +99,7 @@ class PartsJob:
             resolve_detector(settings.detector)
             detector_device(settings.device)
         prepared = Path(prepared_dir)
-        if pending_outputs(prepared):          # killed while publishing: stats/figure may be old
-            raise ValueError(f"{prepared}: the prepare stage was interrupted while publishing "
-                             f"its outputs ({', '.join(map(str, pending_outputs(prepared)))} may "
-                             "come from different runs); rerun it: dvc repro prepare")
+        require_whole(prepared, "prepare")   # killed while publishing: stats/figure may be old
         records = read_json(prepared / "manifest.json")
         if not isinstance(records, list):
             raise ValueError(f"{prepared / 'manifest.json'}: must be a JSON list of records")

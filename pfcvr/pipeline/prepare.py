@@ -144,7 +144,8 @@ def prepare(params: Params, out_dir: str | Path = paths.PREPARED,
     out_dir = Path(out_dir)
     with OutputSet(out_dir) as outs:
         tmp = outs.dir(out_dir)
-        tmp_figure, tmp_stats = outs.file(figure_path), outs.file(stats_path)   # stats published last
+        outs.file(figure_path)                   # drawn last (optional: outs.figure)
+        tmp_stats = outs.file(stats_path)        # published last
         duplicates, ignored = dict(NO_DUPLICATES), {}
         if settings["source"] == SYNTHETIC:
             cfg = data.synthetic
@@ -175,9 +176,10 @@ def prepare(params: Params, out_dir: str | Path = paths.PREPARED,
         write_json(tmp / "meta.json", meta)
         stats = compute_stats(records, skipped, settings["source"], duplicates, ignored)
         stats.update(attribute_oracle(records, split="test", seed=settings["seed"]))
-        data_samples_figure(sample_items(records, images_dir), tmp_figure,
-                                title=f"{settings['source']}: {len(records)} images, "
-                                f"{stats['total']['ids']} ids (boxes = part annotations)")
+        title = (f"{settings['source']}: {len(records)} images, {stats['total']['ids']} ids "
+                 "(boxes = part annotations)")
+        outs.figure(figure_path, lambda path: data_samples_figure(
+            sample_items(records, images_dir), path, title=title), "data sample figure")
         write_json(tmp_stats, stats)
     return stats
 

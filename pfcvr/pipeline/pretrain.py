@@ -206,13 +206,14 @@ def write_outputs(result: PretrainResult, out: Path, reports: Path, figure: Path
 
     with OutputSet(out) as outs:
         folder = outs.dir(out)
-        history, fig, stats = (outs.file(Path(reports) / "history.tsv"), outs.file(figure),
-                               outs.file(Path(reports) / "stats.json"))
+        history, _, stats = (outs.file(Path(reports) / "history.tsv"), outs.file(figure),
+                             outs.file(Path(reports) / "stats.json"))   # stats published last
         result.clip.save_pretrained(folder)
         result.tokenizer.save(folder)
         write_json(folder / "stats.json", result.stats)
         write_text(history, history_tsv(result.history, HISTORY_COLUMNS))
-        pretrain_figure(result.history, fig, result.stats.get("oracle_val_global_R1"))
+        outs.figure(figure, lambda path: pretrain_figure(
+            result.history, path, result.stats.get("oracle_val_global_R1")), "pretraining figure")
         write_json(stats, result.stats)
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)

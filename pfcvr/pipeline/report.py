@@ -3,12 +3,14 @@ reference variant, assemble reports/ablation.md and reports/ablation.json (``sta
 only does the I/O around :func:`ablation_report`).
 
 The tables, paired statistics and wording are :mod:`pfcvr.report.ablation`,
-:mod:`pfcvr.report.paired` and :mod:`pfcvr.report.verdicts`; this module reads the stage's inputs
-(the metrics files, the prepare and pretrain stats, the params) and puts them together.
+:mod:`pfcvr.report.paired` and :mod:`pfcvr.report.verdicts`; what the report states about its
+setup (data, backbone, epochs, recipe, seeds, splits, pretraining) comes from the inputs it read,
+and every disagreement with the params is a warning at its top (:mod:`pfcvr.report.provenance`).
+This module reads the stage's inputs and puts them together.
 """
 from __future__ import annotations
 
-import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,49 +18,11 @@ from pfcvr.config import variant_description
 from pfcvr.metrics import METRIC_NAMES
 from pfcvr.paths import ZERO_SHOT
 from pfcvr.report.ablation import (ablation_json, ablation_markdown, collect, compare,
-                                   detectable_effects, diagnosis, paired_comparison)
+                                   compare_cells, detectable_effects, diagnosis,
+                                   paired_comparison)
+from pfcvr.report.provenance import disagreements, read_inputs, setup_lines
 from pfcvr.report.verdicts import VERDICT_METRIC
-from pfcvr.runtime.atomic import read_json
-
-
-def setup_lines(params, data_stats: dict) -> list[str]:
-    """What the numbers were measured on: data, model, training recipe, machine, and from the
-    prepare stage's stats (``data_stats``, may be empty) the split sizes and attribute oracle."""
-    lines = [f"- data: `{params.data.source}`; model backbone `{params.model.backbone}` at "
-             f"{params.model.image_size}x{params.model.image_size} px",
-             f"- training: {params.train.epochs} epochs, batch {params.train.batch_size}, "
-             f"lr {params.train.lr:g}, precision {params.train.precision}; "
-             f"{len(params.report.seeds)} seed{'s' if len(params.report.seeds) > 1 else ''} "
-             "per variant "
-             f"({', '.join(map(str, params.report.seeds))})",
-             f"- machine: {platform.machine()}, {platform.system()}, "
-             f"Python {platform.python_version()}"]
-    splits = data_stats.get("splits", {})
-    if splits:
-        desc = "; ".join(f"{s}: " + ", ".join(f"{v} {k}" for k, v in c.items()
-                                              if isinstance(v, (int, float)))
-                         for s, c in splits.items() if isinstance(c, dict))
-        lines.append(f"- splits: {desc}")
-    oracle = {k: v for k, v in data_stats.items() if k.startswith("oracle") and
-              isinstance(v, (int, float))}
-    if oracle:
-        lines.append("- attribute oracle on test (calibration: docs/data.md): " +
-                     ", ".join(f"{k} = {v:.1f}" for k, v in oracle.items()))
-    return lines
-
-
-def pretrain_lines(stats: dict) -> list[str]:
-    """The pretraining corpus and run, from the pretrain stage's stats (empty: no lines)."""
-    if not stats:
-        return []
-    shared = stats.get("shared_full_attribute_sets_with_benchmark")
-    disjoint = (f"{shared} full attribute sets shared with the benchmark's identities"
-                if stats.get("identity_disjoint_check") == "checked"
-                else "identity overlap with the benchmark not checkable (no attribute annotations)")
-    return [f"- pretraining (`model.backbone: pretrained`): {stats['n_images']} corpus images of "
-            f"{stats['n_ids']} vehicles with coarse alt-text captions ({disjoint}); "
-            f"{stats['steps']} steps of batch {stats['batch_size']} in {stats['seconds']:.0f} s; "
-            f"zero-shot val R1 {stats['final_val_R1']:.1f}"]
+from pfcvr.runtime.output_set import require_whole
 
 
 @dataclass(frozen=True)
@@ -68,7 +32,9 @@ class AblationReport:
     table / final: ``{variant: {metric: {"mean", "std", "runs", "seeds"}}}`` of the best-on-val
     and the last-epoch checkpoints; deltas: :func:`compare` of ``table``; markdown:
     reports/ablation.md; document: reports/ablation.json (:func:`ablation_json`); paired:
-    :func:`paired_comparison` of ``table``; effects: :func:`detectable_effects` of ``paired``.
+    :func:`paired_comparison` of ``table``; effects: :func:`detectable_effects` of ``paired``;
+    problems: where the inputs disagree with the params
+    (:func:`pfcvr.report.provenance.disagreements`), also at the top of ``markdown``.
     """
 
     table: dict
@@ -78,6 +44,7 @@ class AblationReport:
     document: dict
     paired: dict
     effects: dict
+    problems: tuple[str, ...] = ()
 
     def mlflow_metrics(self) -> dict[str, float]:
         """``<variant>/<metric>`` = the best-checkpoint mean over seeds; ``<variant>/paired_dR1``
@@ -95,6 +62,11 @@ class AblationReport:
         """``{variant: {metric: {"n", "seeds", "differences", "mean", "sd", "ci_low",
         "ci_high"}}}`` for :func:`pfcvr.report.figures.ablation.ablation_figure`."""
         return {v: {m: p.as_dict() for m, p in cells.items()} for v, cells in self.paired.items()}
+
+    @property
+    def compare_document(self) -> dict:
+        """reports/compare.json (:func:`pfcvr.report.ablation.compare_cells` of ``table``)."""
+        return compare_cells(self.table)
 
     @property
     def mde_values(self) -> dict[str, float | None]:
@@ -115,27 +87,53 @@ def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path,
     prepare stage's ``data_stats`` JSON, the zero_shot stage's ``<metrics_dir>/zero_shot.json``
     and the pretrain stage's ``pretrain_stats`` JSON (each optional: skipped when missing),
     compare every variant with ``full`` (:data:`pfcvr.config.REFERENCE_VARIANT`) and write the
-    report text.
+    report text. Its setup section states what the inputs hold; each disagreement with the
+    params is one UserWarning and a line at the top of the report.
 
-    Raises FileNotFoundError / ValueError naming a missing or incomplete metrics file, and
-    ValueError when ``full`` has no results.
+    Raises FileNotFoundError / ValueError naming a missing or incomplete metrics file (or one
+    that holds another variant), IncompleteOutputs for a metrics file whose evaluate stage was
+    killed while publishing, and ValueError when ``full`` has no results.
     """
     variants = list(params.report.variants)
+    for v in variants:
+        require_whole(Path(metrics_dir) / f"{v}.json", f"evaluate@{v}")
     descriptions = {v: variant_description(params, v) for v in variants}
+    inputs = read_inputs(variants, metrics_dir, data_stats, pretrain_stats)
     table = collect(variants, metrics_dir, "best")
     final = collect(variants, metrics_dir, "final")
     deltas = compare(table)
     paired = paired_comparison(table)
     effects = detectable_effects(paired)
-    stats = read_json(data_stats) if Path(data_stats).is_file() else {}
     zs_path = Path(metrics_dir) / f"{ZERO_SHOT}.json"
     zero_shot = collect([ZERO_SHOT], metrics_dir, "best")[ZERO_SHOT] if zs_path.is_file() else None
-    pre = read_json(pretrain_stats) if pretrain_stats and Path(pretrain_stats).is_file() else {}
-    setup = setup_lines(params, stats) + pretrain_lines(pre)
-    findings = diagnosis(table, deltas, stats, paired=paired, zero_shot=zero_shot)
-    md = ablation_markdown(table, deltas, descriptions, setup, final, findings, paired, effects,
-                           zero_shot)
+    problems = disagreements(inputs, params)
+    for line in problems:
+        warnings.warn(line, stacklevel=2)
+    findings = diagnosis(table, deltas, inputs.data, paired=paired, zero_shot=zero_shot)
+    md = ablation_markdown(table, deltas, descriptions, setup_lines(inputs), final, findings,
+                           paired, effects, zero_shot, warnings=problems,
+                           zero_shot_backbone=inputs.zero_shot_backbone,
+                           data_source=inputs.common("data_source") or inputs.data.get("source"))
     document = ablation_json(table, deltas, paired, effects)
     if zero_shot:
         document["zero_shot"] = {m: zero_shot[m]["mean"] for m in METRIC_NAMES}
-    return AblationReport(table, final, deltas, md, document, paired, effects)
+    return AblationReport(table, final, deltas, md, document, paired, effects, tuple(problems))
+
+
+def publish(report: AblationReport, markdown: str | Path, document: str | Path,
+            compare: str | Path, figure: str | Path) -> None:
+    """Write the report's outputs as one set (:class:`pfcvr.runtime.output_set.OutputSet`,
+    primary ``document``): ``markdown`` (reports/ablation.md), ``compare`` (reports/compare.json),
+    the figure (optional: one that cannot be drawn is a warning and a placeholder) and, last,
+    ``document`` (reports/ablation.json, the DVC metrics)."""
+    import json
+
+    from pfcvr.report.figures.ablation import ablation_figure
+    from pfcvr.runtime.output_set import OutputSet
+
+    with OutputSet(document) as outs:
+        outs.file(markdown).write_text(report.markdown)
+        outs.file(compare).write_text(json.dumps(report.compare_document, indent=2) + "\n")
+        outs.figure(figure, lambda path: ablation_figure(report.figure_data, path,
+                                                         mde=report.mde_values), "ablation figure")
+        outs.file(document).write_text(json.dumps(report.document, indent=2) + "\n")

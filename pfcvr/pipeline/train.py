@@ -5,8 +5,12 @@ Resume. Each seed trains in ``cache/seed<k>/`` (a checkpoint every epoch, then `
 ``final/`` and ``result.json``). A run started again skips the seeds whose ``result.json`` carries
 the same fingerprint and resumes the seed it was on from its checkpoint; a checkpoint or result
 written for other params, data (images included), backbone, code or world size is not reused (see
-:func:`fingerprint` and :mod:`pfcvr.engine.fingerprint`). Only when every seed is done is
-``models/<variant>`` assembled, atomically, and the cache removed.
+:func:`fingerprint` and :mod:`pfcvr.engine.fingerprint`). Only when every seed is done are
+the stage's outputs published, as one set (:func:`publish`), and the cache removed.
+
+Live progress. While seeds train, ``<cache>/history.tsv`` (``.cache/train/<variant>/``) is
+rewritten after every epoch; ``reports/train/<variant>/history.tsv`` changes only with the rest
+of the set, so it never shows one run's epochs beside another run's models.
 
 Seeds in parallel (``train.seed_workers``): with ``seed_workers: N > 1`` and two or more seeds left
 to train, up to N seeds train at once, each in its own spawned process
@@ -14,8 +18,8 @@ to train, up to N seeds train at once, each in its own spawned process
 not change what it computes: weights, history and ``result.json`` metrics equal those of the
 sequential run (``tests/test_seed_workers.py``), so ``seed_workers`` is not part of the
 fingerprint. This process keeps the rest: it decides which seeds are finished, builds the
-tokenizer once, writes every ``result.json`` and ``history.tsv`` (rewritten after each epoch a
-child reports), logs each finished seed's curves to the MLflow run and prints one line per
+tokenizer once, writes every ``result.json`` and the live ``history.tsv`` (rewritten after each
+epoch a child reports), logs each finished seed's curves to the MLflow run and prints one line per
 finished seed. ``seed_workers: 1``, a single seed left to train, torchrun, or a ``train_model``
 replaced in this module by a function a child cannot import train the seeds one after another in
 this process.
@@ -26,6 +30,7 @@ broadcasts it, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -39,7 +44,7 @@ from pfcvr.engine import fingerprint as F
 from pfcvr.engine.seed_pool import RESUME, SeedJob, run_seed_processes, seed_line, seed_workers
 from pfcvr.engine.train import train_model
 from pfcvr.report.cards import history_tsv, train_model_card, train_summary
-from pfcvr.runtime.atomic import atomic_dir, read_json, write_json, write_text
+from pfcvr.runtime.atomic import read_json, write_json, write_text
 from pfcvr.runtime.device import resolve_device
 from pfcvr.runtime.storage import check_writable, write_errors
 
@@ -119,18 +124,36 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def assemble(models: Path, cache: Path, results: list[dict], card: str) -> None:
-    """Replace ``models`` as a whole by ``seed<k>/{best,final}/`` + ``seed<k>/result.json`` (the
-    result without its history) for every seed, and ``MODEL_CARD.md``."""
-    with atomic_dir(models) as tmp, write_errors(models, "the trained models", advice=RESUME):
-        for res in results:
-            src, dst = cache / f"seed{res['seed']}", tmp / f"seed{res['seed']}"
-            dst.mkdir(parents=True)
-            for which in ("best", "final"):
-                link_tree(src / which, dst / which)
-            write_json(dst / "result.json",
-                       {k: v for k, v in res.items() if k not in ("history", "out_dir")})
-        write_text(tmp / "MODEL_CARD.md", card)
+def assemble(folder: Path, cache: Path, results: list[dict], card: str) -> None:
+    """Fill the empty folder ``folder`` (the new ``models/<variant>``) with
+    ``seed<k>/{best,final}/`` + ``seed<k>/result.json`` (the result without its history) for
+    every seed, and ``MODEL_CARD.md``."""
+    for res in results:
+        src, dst = cache / f"seed{res['seed']}", folder / f"seed{res['seed']}"
+        dst.mkdir(parents=True)
+        for which in ("best", "final"):
+            link_tree(src / which, dst / which)
+        write_json(dst / "result.json",
+                   {k: v for k, v in res.items() if k not in ("history", "out_dir")})
+    write_text(folder / "MODEL_CARD.md", card)
+
+
+def publish(models: Path, reports: Path, figure: Path, cache: Path, results: list[dict],
+            rows: list[dict], summary: dict, card: str, title: str) -> None:
+    """Publish the variant's outputs as one set (:class:`pfcvr.runtime.output_set.OutputSet`,
+    primary ``models``): ``models/<variant>/`` (:func:`assemble`), ``reports/history.tsv``, the
+    training figure (optional: a figure that cannot be drawn is a warning and a placeholder)
+    and, last, ``reports/summary.json``. Raises DiskSpaceError / WriteError naming the output."""
+    from pfcvr.report.figures.training import train_history_figure
+    from pfcvr.runtime.output_set import OutputSet
+
+    with write_errors(models, "the trained models and their reports", advice=RESUME), \
+            OutputSet(models) as outs:
+        assemble(outs.dir(models), cache, results, card)
+        outs.file(reports / "history.tsv").write_text(history_tsv(rows))
+        outs.figure(figure, lambda path: train_history_figure(rows, path, title=title),
+                    "training figure")
+        outs.file(reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def train_variant(params, variant: str, *, base, prepared: Path, parts: Path, models: Path,
@@ -140,10 +163,11 @@ def train_variant(params, variant: str, *, base, prepared: Path, parts: Path, mo
 
     ``params``: the variant's merged params; ``base``: the params without a variant (for the
     model card). Reads the train and val splits of ``prepared`` + ``parts`` (never test).
-    Writes ``cache/seed<k>/`` while training, ``reports/history.tsv`` (rewritten after every
-    epoch), ``reports/summary.json``, the curves to ``figure``, then ``models/`` (see
-    :func:`assemble`), and removes ``cache``. ``run``: a tracking StageRun (rank 0) or None; it
-    gets the per-epoch metrics ``seed<k>/<name>``, also replayed for the skipped seeds.
+    Writes ``cache/seed<k>/`` and ``cache/history.tsv`` (rewritten after every epoch) while
+    training, then publishes ``models/``, ``reports/history.tsv``, the curves to ``figure`` and
+    ``reports/summary.json`` as one set (:func:`publish`), and removes ``cache``. ``run``: a
+    tracking StageRun (rank 0) or None; it gets the per-epoch metrics ``seed<k>/<name>``, also
+    replayed for the skipped seeds.
     ``progress``: as for ``train_model``. Call :func:`join_world` first under torchrun.
 
     What runs where: the splits, fingerprints, the finished-seed check and the tokenizer (built
@@ -159,18 +183,20 @@ def train_variant(params, variant: str, *, base, prepared: Path, parts: Path, mo
     stopped (their last checkpoints stay for the resume).
     """
     from pfcvr.data.dataset import load_split
-    from pfcvr.report.figures.training import train_history_figure
 
     t0 = time.perf_counter()
     info = D.env_info()
     description = variant_description(params, variant)
     train_split = load_split(prepared, parts, "train")
     val_split = load_split(prepared, parts, "val")
-    history_path = reports / "history.tsv"
+    history_path = cache / "history.tsv"     # live; the published one comes with the set
     # Rank 0 alone reads files and decides what is finished; the key covers the image files.
     inputs = F.inputs_key(params, prepared, parts, (train_split, val_split)) \
         if info.is_main else ""
-    extra = {"variant": variant, "description": description}
+    t = params.train           # saved with every model: what the report states comes from it
+    extra = {"variant": variant, "description": description,
+             "train": {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+                       "precision": t.precision}}
     seeds = list(params.report.seeds)
 
     def finished(seed: int) -> tuple[Path, str, dict | None]:
@@ -251,13 +277,9 @@ def train_variant(params, variant: str, *, base, prepared: Path, parts: Path, mo
     rows = [r for res in results for r in res["history"]]
     summary = train_summary(variant, results)
     summary["stage_seconds"] = time.perf_counter() - t0
-    write_history(rows)
-    with write_errors(figure, "the training figure", advice=RESUME):
-        train_history_figure(rows, figure, title=f"train@{variant}: {description}")
-    with write_errors(reports / "summary.json", "the training summary", advice=RESUME):
-        write_json(reports / "summary.json", summary)
     card = train_model_card(variant, description, params, base, summary, results)
-    assemble(models, cache, results, card)
+    publish(models, reports, figure, cache, results, rows, summary, card,
+            title=f"train@{variant}: {description}")
     D.barrier()
     shutil.rmtree(cache, ignore_errors=True)
     return VariantResult(summary=summary, card=card, history=rows)

@@ -5,6 +5,7 @@ The study itself (sampler, pruner, storage, resume, failure policy) is :mod:`pfc
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,8 @@ def tune(params: Params, params_path: str | Path, root: Path, *, prepared: Path,
     progress output) and is pruned on its per-epoch val Rank-1. Writes ``out/summary.json``
     (:func:`summarize` + ``storage`` (relative to the repo, password hidden), ``importance``,
     ``importance_trials``, ``seed`` and ``seeds_per_trial``), ``out/best_params.yaml``,
-    ``out/best.md`` and the two figures. Returns the summary.
+    ``out/best.md`` and the two figures, as one set (the summary last; a figure that cannot be
+    drawn is a warning and a placeholder). Returns the summary.
 
     Raises ``pfcvr.runtime.storage.WriteError`` before any trial when an output folder (or, with the
     default storage, the repository root that holds optuna.db) cannot be written, and
@@ -34,7 +36,7 @@ def tune(params: Params, params_path: str | Path, root: Path, *, prepared: Path,
     from pfcvr.data.dataset import load_split
     from pfcvr.engine.train import train_model
     from pfcvr.report.figures import tuning as figures
-    from pfcvr.runtime.atomic import write_json, write_text
+    from pfcvr.runtime.output_set import OutputSet
     from pfcvr.runtime.storage import check_writable
 
     check_writable([out, history_figure.parent, importance_figure.parent, root / ".cache" / "tune",
@@ -56,10 +58,13 @@ def tune(params: Params, params_path: str | Path, root: Path, *, prepared: Path,
     summary.update(seed=params.seed, seeds_per_trial=1)
     trials = [{"number": t.number, "value": t.value, "state": t.state.name, "params": t.params}
               for t in study.trials]
-    write_json(out / "summary.json", summary)
-    write_text(out / "best_params.yaml", yaml.safe_dump(summary.get("best_params", {}),
-                                                        sort_keys=True))
-    write_text(out / "best.md", best_markdown(summary))
-    figures.tune_history_figure(trials, history_figure)
-    figures.importance_figure(summary["importance"], importance_figure)
+    with OutputSet(out / "summary.json") as outs:     # one set; the DVC metrics file last
+        outs.file(out / "best_params.yaml").write_text(
+            yaml.safe_dump(summary.get("best_params", {}), sort_keys=True))
+        outs.file(out / "best.md").write_text(best_markdown(summary))
+        outs.figure(history_figure, lambda path: figures.tune_history_figure(trials, path),
+                    "tuning history figure")
+        outs.figure(importance_figure, lambda path: figures.importance_figure(
+            summary["importance"], path), "parameter importance figure")
+        outs.file(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -182,16 +182,22 @@ def diagnosis(table: dict, deltas: dict, oracle: dict[str, float],
     return lines
 
 
-ZERO_SHOT_ROW = "pretrained backbone, no fine-tuning (one model)"
+def zero_shot_row(backbone: str | None) -> str:
+    """What the zero-shot row is: the backbone its metrics file names, with no fine-tuning."""
+    return f"{backbone or 'pretrained'} backbone, no fine-tuning (one model)"
 
 
 def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
                       setup: list[str], final_table: dict | None = None,
                       findings: list[str] = (), paired: dict | None = None,
-                      effects: dict | None = None, zero_shot: dict | None = None) -> str:
+                      effects: dict | None = None, zero_shot: dict | None = None, *,
+                      warnings: list[str] = (), zero_shot_backbone: str | None = None,
+                      data_source: str | None = None) -> str:
     """The whole reports/ablation.md text (``paired`` / ``effects``: :func:`paired_comparison`
     and :func:`detectable_effects` of ``table``, computed when None; ``zero_shot``: the
-    ``{metric: cell}`` of the zero_shot stage, shown as the table's first row, or None)."""
+    ``{metric: cell}`` of the zero_shot stage, shown as the table's first row, or None;
+    ``warnings``: lines shown first, where the inputs disagree with the params;
+    ``zero_shot_backbone`` / ``data_source``: what the zero-shot file and the metrics name)."""
     paired = paired_comparison(table) if paired is None else paired
     effects = detectable_effects(paired) if effects is None else effects
     head = ("| variant | what | " + " | ".join(METRIC_NAMES)
@@ -199,7 +205,7 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
     rule = "|---" * (len(METRIC_NAMES) + 4) + "|"
     rows = []
     if zero_shot:
-        rows.append(f"| `zero_shot` | {ZERO_SHOT_ROW} | "
+        rows.append(f"| `zero_shot` | {zero_shot_row(zero_shot_backbone)} | "
                     + " | ".join(_fmt(zero_shot[m]) for m in METRIC_NAMES) + " | — | — |")
     for variant, metrics in table.items():
         d = deltas.get(variant)
@@ -208,7 +214,7 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
         rows.append(f"| `{variant}` | {descriptions.get(variant, '')} | "
                     + " | ".join(_fmt(metrics[m]) for m in METRIC_NAMES) + f" | {dr1} | {dmap} |")
     if any(single_seed(c) for cells in table.values() for c in cells.values()):
-        how = ("A single seed per variant (`report.seeds` lists one): each number is one run, in "
+        how = ("A single seed per variant (the metrics hold one): each number is one run, in "
                "percent, so the seed noise is unknown and no delta is marked significant: a single "
                "seed can show a difference, never a significance. List two or more seeds (e.g. "
                "`report.seeds=[0, 1, 2]`) to measure it.")
@@ -219,8 +225,12 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
     parts = ["# PFCVR ablation study", "",
              "Text-to-image retrieval on the test split (identities never seen in training or model "
              "selection); the checkpoint of each run is the epoch with the best validation "
-             f"Rank-1. {how}", "",
-             "## Setup", "", *setup, "",
+             f"Rank-1. {how}", ""]
+    if warnings:
+        parts += ["## Warning: the inputs differ from params.yaml", "",
+                  "The numbers below are those of the files read; the setup says what they hold.",
+                  "", *(f"- {w}" for w in warnings), ""]
+    parts += ["## Setup", "", *setup, "",
              "## Results (best-on-val checkpoint)", "", head, rule, *rows, "",
              *paired_section(paired, effects),
              "## What each component does here", "", *verdicts(paired, descriptions), ""]
@@ -233,10 +243,25 @@ def ablation_markdown(table: dict, deltas: dict, descriptions: dict[str, str],
         parts += [f"| `{v}` | " + " | ".join(_fmt(m[k]) for k in METRIC_NAMES) + " |"
                   for v, m in final_table.items()]
         parts.append("")
+    if data_source in (None, "", "synthetic"):
+        against = "they are **not** comparable with the synthetic benchmark above."
+    else:
+        against = (f"the numbers above (`{data_source}`) compare with them only for the same "
+                   "dataset, backbone and training budget.")
     parts += ["## Published numbers (other data, for orientation only)", "",
-              "These come from the PFCVR authors on real benchmarks with a pretrained CLIP; they are "
-              "**not** comparable with the synthetic benchmark above.", "", published_markdown()]
+              "These come from the PFCVR authors on real benchmarks with a pretrained CLIP; "
+              + against, "", published_markdown()]
     return "\n".join(parts)
+
+
+def compare_cells(table: dict) -> dict:
+    """reports/compare.json, the DVC metrics file that ``make compare`` shows per experiment:
+    ``{"test": {variant: "R1 / mAP"}}``, the best-checkpoint means over seeds in percent, one
+    decimal. One short text cell per variant, so that the variants and the changed params of
+    several experiments fit a 120-column terminal (``dvc exp show`` names the column
+    ``test.<variant>``); the numbers themselves are in reports/ablation.json."""
+    return {"test": {v: f"{cells['R1']['mean']:.1f} / {cells['mAP']['mean']:.1f}"
+                     for v, cells in table.items()}}
 
 
 RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde", "zero_shot")   # top-level JSON keys next to the variants

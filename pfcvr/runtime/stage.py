@@ -9,6 +9,9 @@ a disk or device problem naming the file or setting, ...) end as one line
 ``pfcvr`` package, ValueError and OSError (bad input, files), and a GPU out of memory. Anything
 else is a bug: its traceback is kept. ``PFCVR_DEBUG=1`` keeps every traceback.
 
+Warnings (something skipped, an input that disagrees with the params, ...) print as one line
+each while the stage runs: ``<stage>: warning: <message>``.
+
 Under torchrun every rank runs the stage: an error found before the ranks join (params, world
 size) is the same on all of them and only rank 0 prints it; other errors print on every rank
 that meets them, prefixed with the rank.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 EXIT_ERROR = 1
@@ -41,6 +45,12 @@ def one_line(stage: str, err: BaseException) -> str:
     return f"{stage}: error: {message}"
 
 
+def warning_line(stage: str, message: Warning | str, category: type[Warning]) -> str:
+    """``<stage>: warning: <message>`` on one line (the category named unless UserWarning)."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    return f"{stage}: warning: {kind}{' '.join(str(message).split())}\n"
+
+
 def run_stage(stage: str, main: Callable[[], Any],
               cleanup: Callable[[], None] | None = None) -> int:
     """Run ``main()``; return its exit code (0 unless it returns an int), or print one line and
@@ -49,6 +59,9 @@ def run_stage(stage: str, main: Callable[[], Any],
     from pfcvr.config import ConfigError
 
     rank = os.environ.get("RANK", "0")
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: warning_line(stage, message,
+                                                                              category)
     try:
         result = main()
         return result if isinstance(result, int) else 0   # a main may return its exit code
@@ -64,5 +77,6 @@ def run_stage(stage: str, main: Callable[[], Any],
             print(f"[rank {rank}] {one_line(stage, err)}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     finally:
+        warnings.formatwarning = previous
         if cleanup is not None:
             cleanup()

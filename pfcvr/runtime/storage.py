@@ -92,7 +92,9 @@ def check_free_space(folder: str | Path, needed: int, what: str) -> None:
                              "folder a link to a larger one) and rerun")
 
 
-def _is_disk_full(err: BaseException, path: Path, size: int | None) -> bool:
+def is_disk_full(err: BaseException, path: Path, size: int | None = None) -> bool:
+    """Whether ``err``, raised while writing ``path`` (``size``: bytes expected), means a full
+    disk: its errno or wording, or, for torch's bare RuntimeError, the space left."""
     if isinstance(err, OSError) and err.errno in DISK_FULL:
         return True
     if "No space left on device" in str(err) or "os error 28" in str(err):
@@ -123,7 +125,7 @@ def write_errors(path: str | Path, what: str, size: int | None = None,
         if isinstance(err, (DiskSpaceError, WriteError)) or not writer_error:
             raise
         tail = f"; {advice}" if advice else ""
-        if _is_disk_full(err, path, size):
+        if is_disk_full(err, path, size):
             need = f" (about {human(size)} needed," if size else " ("
             raise DiskSpaceError(f"disk full while writing {what} {path}{need} "
                                  f"{human(free_bytes(path.parent))} free): free space on that disk"

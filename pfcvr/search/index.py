@@ -24,7 +24,7 @@ from pfcvr.data.cachekey import source_digest, versions
 from pfcvr.data.dataset import ImageStore, normalize
 from pfcvr.engine.encode import EvaluationError, encode_image_batches
 from pfcvr.paths import SEARCH_CACHE
-from pfcvr.runtime.atomic import atomic_path
+from pfcvr.runtime.output_set import OptionalCache
 from pfcvr.search.errors import SearchError
 from pfcvr.search.gallery import Gallery, gallery_fingerprint
 
@@ -38,8 +38,8 @@ LIBRARIES = ("torch", "pillow", "numpy")
 @dataclass
 class GalleryIndex:
     """Encoded gallery. features: float [N, D] L2-normalised; paths/ids: the N kept images;
-    skipped: [(path, reason)] of unreadable images; encoded: images encoded by this call
-    (0 when the cache was hit)."""
+    skipped: [(path, reason)] of unreadable images; cache_file: where the embeddings are cached
+    (None: not cached); encoded: images encoded by this call (0 when the cache was hit)."""
 
     features: torch.Tensor
     paths: list[Path]
@@ -88,14 +88,19 @@ def cache_key(model_key: str, size: int, gallery: Gallery, device: str | torch.d
 
 def index_gallery(model, gallery: Gallery, *, model_key: str = "", cache_dir: str | Path | None =
                   SEARCH_CACHE, batch_size: int = 64, device: str | torch.device = "cpu",
-                  progress: bool = False) -> GalleryIndex:
+                  progress: bool = False, cache: OptionalCache | None = None) -> GalleryIndex:
     """Encode the gallery, or read it from the cache (``cache_dir=None`` disables the cache).
 
     ``model_key``: the model fingerprint (:func:`model_fingerprint`); an empty key disables the
-    cache since a stale model could otherwise be matched.
+    cache since a stale model could otherwise be matched. The cache only saves time: one that
+    cannot be written (full or read-only disk) is one warning and the index is returned all the
+    same (``cache``: the run's :class:`OptionalCache` of ``cache_dir``, so that a search warns
+    once; made here when None).
     """
     size = int(model.image_size)
     cache_file = None
+    if cache is None:
+        cache = OptionalCache(cache_dir, "search cache")
     if cache_dir is not None and model_key:
         cache_file = Path(cache_dir) / f"gallery-{cache_key(model_key, size, gallery, device)}.pt"
         if cache_file.is_file():
@@ -122,8 +127,8 @@ def index_gallery(model, gallery: Gallery, *, model_key: str = "", cache_dir: st
     _warn_skipped(skipped)
     paths = [gallery.paths[i] for i in kept]
     ids = [gallery.ids[i] for i in kept] if gallery.ids is not None else None
-    if cache_file is not None:
-        with atomic_path(cache_file) as tmp:
-            torch.save({"features": feats, "paths": [str(p) for p in paths], "ids": ids,
-                        "skipped": [list(s) for s in skipped]}, tmp)
+    if cache_file is not None and not cache.write(cache_file, lambda tmp: torch.save(
+            {"features": feats, "paths": [str(p) for p in paths], "ids": ids,
+             "skipped": [list(s) for s in skipped]}, tmp)):
+        cache_file = None                    # not cached (warned once): the answer stands
     return GalleryIndex(feats, paths, ids, skipped, cache_file, False, len(kept))

@@ -8,7 +8,7 @@ import torch
 
 from pfcvr.data.cachekey import file_stamp
 from pfcvr.model.io import CONFIG, TOKENIZER, WEIGHTS, load_model, resolve_model_folder
-from pfcvr.runtime.atomic import write_text
+from pfcvr.runtime.output_set import OptionalCache
 from pfcvr.search.errors import SearchError
 
 
@@ -54,32 +54,36 @@ def load_search_model(folder: str | Path, device: str | torch.device = "cpu"):
     return load_checked_model(check_model_folder(folder), device)
 
 
-def _file_digest(path: Path, memo_dir: Path | None) -> str:
-    """SHA-256 of a file's bytes, memoised by the file's path and stamp (inode, size, mtime,
-    ctime: a rewrite with the old size and mtime is still noticed) so big weights hash once."""
+def _file_digest(path: Path, memo: OptionalCache) -> str:
+    """SHA-256 of a file's bytes, memoised in ``memo`` by the file's path and stamp (inode, size,
+    mtime, ctime: a rewrite with the old size and mtime is still noticed) so big weights hash
+    once; a memo that cannot be written is a warning (:class:`OptionalCache`), not an error."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     stamp = f"{path.resolve()}|{file_stamp(path)}"
-    memo = None
-    if memo_dir is not None:
-        memo = memo_dir / f"digest-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.txt"
-        if memo.is_file():
-            return memo.read_text().strip()
+    file = None
+    if memo.folder is not None:
+        file = memo.folder / f"digest-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.txt"
+        if file.is_file():
+            return file.read_text().strip()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     digest = h.hexdigest()
-    if memo is not None:
-        write_text(memo, digest + "\n")
+    if file is not None:
+        memo.write(file, lambda tmp: tmp.write_text(digest + "\n"))
     return digest
 
 
-def model_fingerprint(folder: str | Path, memo_dir: Path | None = None) -> str:
-    """Hash of a model folder's weights and config (the part of the cache key for the model)."""
+def model_fingerprint(folder: str | Path, memo: str | Path | OptionalCache | None = None) -> str:
+    """Hash of a model folder's weights and config (the part of the cache key for the model).
+    ``memo``: the cache folder (or its :class:`OptionalCache`) that remembers file digests."""
     folder = Path(folder)
+    if not isinstance(memo, OptionalCache):
+        memo = OptionalCache(memo, "search cache")
     h = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
         h.update(path.name.encode())
-        h.update(_file_digest(path, memo_dir).encode())
+        h.update(_file_digest(path, memo).encode())
     return h.hexdigest()

@@ -6,6 +6,7 @@ already hold a model and an index.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from pfcvr.engine.encode import encode_queries
 from pfcvr.paths import SEARCH_CACHE
 from pfcvr.runtime.device import DeviceError, resolve_device
+from pfcvr.runtime.output_set import OptionalCache
 from pfcvr.search.errors import SearchError
 from pfcvr.search.gallery import load_gallery
 from pfcvr.search.index import GalleryIndex, index_gallery
@@ -140,7 +142,8 @@ def run_search(model_dir: str | Path, gallery_path: str | Path, query: str, *, t
 
     Bad input (query, ``top_k``, ``batch_size``, device, model folder, gallery) raises
     SearchError before any image is encoded. ``cache_dir=None`` neither reads nor writes the
-    embedding cache. A query longer than the model's context length is cut by the tokenizer; a
+    embedding cache; a cache or a ``grid`` that cannot be written (full or read-only disk) is one
+    UserWarning each, and the ranking is returned all the same. A query longer than the model's context length is cut by the tokenizer; a
     UserWarning says so with the token counts (also in ``SearchResult.tokens``).
     """
     text = check_query(query, top_k)
@@ -152,14 +155,23 @@ def run_search(model_dir: str | Path, gallery_path: str | Path, query: str, *, t
         raise SearchError(str(err)) from None
     folder = check_model_folder(model_dir)
     gallery = load_gallery(gallery_path, split)
-    memo = Path(cache_dir) if cache_dir is not None else None
-    model_key = model_fingerprint(folder, memo) if memo is not None else ""
+    cache = OptionalCache(cache_dir, "search cache")   # one warning if it cannot be written
+    model_key = model_fingerprint(folder, cache) if cache_dir is not None else ""
     model = load_checked_model(folder, dev)
     tokens = query_tokens(model.tokenizer, text)
     if tokens.truncated:           # said before the (slow) gallery encoding
         warnings.warn(tokens.warning(), stacklevel=2)
     index = index_gallery(model, gallery, model_key=model_key, cache_dir=cache_dir,
-                          batch_size=batch_size, device=dev, progress=progress)
+                          batch_size=batch_size, device=dev, progress=progress, cache=cache)
     hits = rank(model, index, text, top_k, dev)
-    out = write_grid(query, hits, grid) if grid else None
+    out = None
+    if grid:                       # a figure of the answer: optional, the ranking stands alone
+        try:
+            out = write_grid(query, hits, grid)
+        except Exception as err:
+            if os.environ.get("PFCVR_DEBUG") == "1":
+                raise
+            warnings.warn(f"grid figure {grid} not written ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:300]}); the ranking is complete",
+                          stacklevel=2)
     return SearchResult(text, hits, index, folder, out, tokens)
