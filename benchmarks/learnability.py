@@ -105,7 +105,7 @@ def supervised_probe(params, data: dict, steps: int, seed: int = 0,
 
     from pfcvr.data.dataset import normalize
     from pfcvr.engine.optim import WarmupCosine
-    from pfcvr.model.backbone import tiny_vision_config
+    from pfcvr.model.backbone import install_stem, tiny_vision_config
 
     m = params.model
     attrs = {s: [visible_attributes(r) for r in d.records] for s, d in data.items()}
@@ -116,7 +116,7 @@ def supervised_probe(params, data: dict, steps: int, seed: int = 0,
               .permute(0, 3, 1, 2) for s, d in data.items()}
     torch.manual_seed(seed)
     width = m.tiny.vision_width
-    tower = CLIPVisionModel(CLIPVisionConfig(**tiny_vision_config(m)))
+    tower = install_stem(CLIPVisionModel(CLIPVisionConfig(**tiny_vision_config(m))))
     heads = torch.nn.ModuleList(torch.nn.Linear(width, len(values[k])) for k in keys)
     opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(steps, max(1, steps // 10)))

@@ -17,7 +17,7 @@ PAPER = {
     "embed_dim": 512,
     "tiny": {"vision_width": 768, "vision_layers": 12, "vision_heads": 12,
              "text_width": 512, "text_layers": 12, "text_heads": 8,
-             "context_length": 77, "vocab_size": 49408},
+             "context_length": 77, "vocab_size": 49408, "stem": "patch"},
     "temperature": 0.07,
     "part_context": "caption",
     "cls_pos_quirk": False,

@@ -93,6 +93,7 @@ class TinyBackbone(Section):
     text_heads: int = Field(ge=1, le=64)
     context_length: int = Field(ge=8, le=512)
     vocab_size: int = Field(ge=516, le=100_000)   # >= 4 specials + 2 x 256 bytes
+    stem: Literal["conv", "patch"]
 
 
 class PartDecoderConfig(Section):
@@ -126,6 +127,14 @@ class ModelConfig(Section):
     part_decoder: PartDecoderConfig
     mlm_decoder: MLMDecoderConfig
     mim_decoder: MIMDecoderConfig
+
+    @model_validator(mode="after")
+    def _stem_fits_patch(self):  # the message continues the key ``model``
+        if self.tiny.stem == "conv" and self.patch_size % 4:
+            raise ValueError(f".patch_size={self.patch_size}: model.tiny.stem=conv needs a patch "
+                             f"size divisible by 4 (set model.tiny.stem: patch, or a patch size "
+                             f"such as 8, 12 or 16)")
+        return self
 
 
 class LossWeights(Section):
@@ -233,8 +242,8 @@ class TrackingConfig(Section):
 # here, in one line, instead of failing late in one of them (names are data; issue 23).
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Names that other stages already use in the same folders (models/pretrained,
-# reports/metrics/zero_shot.json).
-RESERVED_VARIANTS = ("pretrained", "zero_shot")
+# reports/metrics/zero_shot.json), and the keys reports/ablation.json writes next to the variants.
+RESERVED_VARIANTS = ("pretrained", "zero_shot", "paired", "mde", "mde_R1", "environment")
 
 
 class Params(Section):

@@ -190,13 +190,13 @@ def test_an_integer_is_accepted_for_a_float(raw):
 
 def test_synthetic_split_fractions_must_sum_to_one(raw):
     assert error_of(raw, {"data.synthetic.split.val": 0.3}) == (
-        "data.synthetic.split={'train': 0.5, 'val': 0.3, 'test': 0.35}: fractions must sum to 1 "
-        "(got 1.15)")
+        "data.synthetic.split={'train': 0.8, 'val': 0.3, 'test': 0.14}: fractions must sum to 1 "
+        "(got 1.24)")
     assert error_of(raw, {"data.synthetic.views": {"side_left": 0, "side_right": 0, "front": 0,
                                                    "rear": 0}}) == (
         "data.synthetic.views: at least one view weight must be positive")
     ok = load_params(PARAMS, overrides={"data.synthetic.split.val": 0.0,
-                                        "data.synthetic.split.train": 0.65})
+                                        "data.synthetic.split.train": 0.86})
     assert ok.data.synthetic.split.val == 0.0
 
 
@@ -247,10 +247,10 @@ def test_variant_names_are_refused_up_front(raw):
         with pytest.raises(ConfigError) as info:
             parse_params(bad)
         assert str(info.value) == f"ablations.{name}: {rule}", name
-    for name in ("pretrained", "zero_shot"):
+    for name in ("pretrained", "zero_shot", "environment", "mde_R1"):
         assert error_of(raw, {f"ablations.{name}": {}}) == (
             f"ablations.{name}: the name is used by another stage's outputs (reserved: "
-            "pretrained, zero_shot); rename the variant")
+            "pretrained, zero_shot, paired, mde, mde_R1, environment); rename the variant")
     good = copy.deepcopy(raw)
     good["ablations"]["no-part.v2_B"] = {"train": {"weights": {"part": 0.0}}}
     assert parse_params(good, "no-part.v2_B").train.weights.part == 0.0
@@ -417,10 +417,20 @@ def test_yaml_1_1_booleans_are_strings(tmp_path):
         load_params(path)
 
 
+def test_conv_stem_needs_a_patch_size_divisible_by_4(raw):
+    assert error_of(raw, {"model.patch_size": 6}) == (
+        "model.patch_size=6: model.tiny.stem=conv needs a patch size divisible by 4 (set "
+        "model.tiny.stem: patch, or a patch size such as 8, 12 or 16)")
+    assert error_of(raw, {"model.tiny.stem": "hybrid"}) == "model.tiny.stem='hybrid': one of conv | patch"
+    ok = load_params(PARAMS, overrides={"model.patch_size": 6, "model.image_size": 96,
+                                        "model.tiny.stem": "patch"})
+    assert ok.model.tiny.stem == "patch"
+
+
 def test_read_raw_returns_plain_containers(tmp_path):
     raw = read_raw(PARAMS)
     assert type(raw) is dict and type(raw["train"]["weights"]) is dict
-    assert type(raw["report"]["seeds"]) is list and raw["report"]["seeds"] == [0, 1, 2, 3, 4, 5]
+    assert type(raw["report"]["seeds"]) is list and raw["report"]["seeds"] == [0, 1, 2, 3]
     dup = tmp_path / "params.yaml"
     dup.write_text("seed: 0\nseed: 1\n")
     with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML"):

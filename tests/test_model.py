@@ -298,13 +298,14 @@ def test_patchify_layout():
 
 
 # ------------------------------------------------------------------------------------ learning
-def test_loss_falls_when_overfitting_one_batch():
-    m = small_model(seed=3)
+@pytest.mark.parametrize("stem", ["conv", "patch"])
+def test_loss_falls_when_overfitting_one_batch(stem):
+    m = small_model(seed=3, **{"tiny.stem": stem})
     batch = random_batch(m, batch_size=4, seed=3)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     first = last = None
     torch.manual_seed(0)
-    for _ in range(25):
+    for _ in range(40):       # the conv stem starts slower: 25 steps halve only the patchify's loss
         out = train_forward(m, batch, FULL)
         opt.zero_grad()
         out["loss"].backward()
@@ -364,3 +365,59 @@ def test_unknown_backbone_folder_is_a_clear_error(tmp_path):
 def test_heads_must_divide_the_joint_width():
     with pytest.raises(ValueError, match=r"model.mlm_decoder.heads=3 does not divide .* 32"):
         small_model(**{"mlm_decoder.heads": 3})
+
+
+# ------------------------------------------------------------------------------------ stem
+def test_conv_stem_gives_the_patchify_token_grid_and_keeps_each_token_in_its_patch():
+    from pfcvr.model.backbone import ConvStem
+
+    torch.manual_seed(0)
+    stem = ConvStem(64, 12)
+    assert [type(m).__name__ for m in stem] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d"]
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in (stem[0], stem[2], stem[4])] == [
+        ((2, 2), (2, 2), 16), ((2, 2), (2, 2), 32), ((3, 3), (3, 3), 64)]
+    x = torch.randn(2, 3, 96, 96)
+    y = stem(x)
+    assert y.shape == (2, 64, 8, 8)               # the 12x12 patchify's grid
+    x2 = x.clone()
+    x2[:, :, 12:24, 36:48] += 1.0                 # change one patch (row 1, column 3) only
+    changed = (stem(x2) - y).abs().sum(dim=(0, 1)) > 0
+    assert changed.nonzero().tolist() == [[1, 3]]  # kernel = stride: no token sees a neighbour
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ConvStem(64, 6)
+
+
+def test_conv_stem_model_encodes_with_the_same_token_shapes():
+    from pfcvr.model.backbone import ConvStem
+
+    m = small_model(**{"tiny.stem": "conv"})
+    assert isinstance(m.backbone.vision.embeddings.patch_embedding, ConvStem)
+    assert m.backbone.clip_config["vision_config"]["pfcvr_stem"] == "conv"
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert m.backbone.encode_image_tokens(images).shape == (3, 1 + 4 * 4, 32)
+
+
+def test_patch_stem_reproduces_the_tower_before_the_stem_existed():
+    """`model.tiny.stem: patch` builds exactly the tiny CLIP of the code before the stem (values
+    measured on that code: seed 0, the default model section, a fixed ramp image)."""
+    import types
+
+    from transformers import CLIPModel
+
+    from pfcvr.config import load_params
+    from pfcvr.model.backbone import CLIPBackbone, install_stem, tiny_clip_config
+
+    m = load_params().model
+    m = m.model_copy(update={"tiny": m.tiny.model_copy(update={"stem": "patch"})})
+    tok = types.SimpleNamespace(vocab_size=1024, pad_id=0, sot_id=1, eot_id=2)
+    torch.manual_seed(0)
+    clip = install_stem(CLIPModel(tiny_clip_config(m, tok)))
+    sd = clip.state_dict()
+    assert (len(sd), sum(v.numel() for v in sd.values())) == (78, 309_505)
+    assert float(sum(v.double().abs().sum() for v in sd.values())) == pytest.approx(
+        15155.622014745713, rel=1e-9)
+    x = torch.linspace(-1, 1, 3 * 96 * 96).reshape(1, 3, 96, 96)
+    with torch.no_grad():
+        out = CLIPBackbone(clip).encode_image_tokens(x)
+    assert float(out.double().sum()) == pytest.approx(288.13864151186135, rel=1e-4)

@@ -54,6 +54,19 @@ def test_save_then_pfcvr_load_gives_identical_embeddings(trained, tmp_path):
     assert back.backbone.cls_pos_quirk and back.part_context == "image"
     sd_a, sd_b = trained.state_dict(), back.state_dict()
     assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    # the conv stem (model.tiny.stem: conv) is rebuilt from the saved config, not a patchify
+    assert type(back.backbone.vision.embeddings.patch_embedding).__name__ == "ConvStem"
+    assert "backbone.vision.embeddings.patch_embedding.4.weight" in sd_b
+
+
+def test_a_patch_stem_model_round_trips_with_a_patchify(tmp_path):
+    m = small_model(seed=2, **{"tiny.stem": "patch"}).eval()
+    save_model(m, tmp_path / "p")
+    back = pfcvr.load(tmp_path / "p")
+    assert isinstance(back.backbone.vision.embeddings.patch_embedding, torch.nn.Conv2d)
+    batch = random_batch(m, seed=3)
+    for a, b in zip(_embeddings(m, batch), _embeddings(back, batch)):
+        assert torch.equal(a, b)
 
 
 def test_folder_layout_and_config(trained, tmp_path):

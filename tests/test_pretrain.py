@@ -143,6 +143,24 @@ def test_pretrain_stage_killed_resumes_to_the_uninterrupted_result(project, tmp_
     assert (project / "reports/figures/pretrain.png").stat().st_size > 10_000
 
 
+def test_pretraining_twice_on_one_machine_gives_identical_weights(tmp_path):
+    """Reproducibility on one machine (issue 21): the same params and seed give bit-identical
+    weights and loss history run after run (across CPU models only the verdicts compare)."""
+    runs = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        make_project(root, SMALL)
+        _run(root, _env(tmp_path / name))
+        runs.append((_weights(root / "models/pretrained"),
+                     [r.split("\t")[:2] for r in
+                      (root / "reports/pretrain/history.tsv").read_text().splitlines()]))
+    (a, hist_a), (b, hist_b) = runs
+    assert a.keys() == b.keys() and "vision_model.embeddings.patch_embedding.0.weight" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert hist_a == hist_b and len(hist_a) == 4          # header + steps 2, 4, 6
+
+
 def test_pretrained_backbone_loads_with_its_tokenizer_and_evaluates_zero_shot(project, tmp_path,
                                                                              monkeypatch):
     from pfcvr.model import build_model, build_tokenizer
@@ -160,6 +178,9 @@ def test_pretrained_backbone_loads_with_its_tokenizer_and_evaluates_zero_shot(pr
     ref = _weights(project / "models/pretrained")
     emb = model.backbone.text.embeddings.token_embedding.weight
     assert torch.equal(emb, ref["text_model.embeddings.token_embedding.weight"])
+    stem = model.backbone.vision.embeddings.patch_embedding      # the conv stem, loaded whole
+    assert type(stem).__name__ == "ConvStem"
+    assert torch.equal(stem[4].weight, ref["vision_model.embeddings.patch_embedding.4.weight"])
     doc = zero_shot_document(params.model_copy(update={"model": cfg}), "data/prepared",
                              "data/parts/parts.json")
     assert doc["single_seed"] and doc["split"] == "test" and doc["backbone"] == "pretrained"

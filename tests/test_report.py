@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from pfcvr.metrics import METRIC_NAMES as METRICS
 from pfcvr.report.ablation import (ablation_json, ablation_markdown, collect, compare, noise_band,
@@ -145,7 +146,13 @@ def test_report_stage_writes_outputs_and_publishes(tmp_path, monkeypatch, capsys
     # the variants first, in params order, then the paired statistics (issue 10: `mde_R1` is a
     # top-level key, so the document is no longer the variants alone)
     assert list(doc)[:len(variants)] == variants and doc["full"]["R1"]["mean"] == pytest.approx(52.0)
-    assert list(doc)[len(variants):] == ["paired", "mde_R1", "mde"]
+    assert list(doc)[len(variants):] == ["paired", "mde_R1", "mde", "environment"]
+    env = doc["environment"]                # what makes digits differ between machines (issue 21)
+    import numpy
+    import transformers
+    assert env["cpu"] and env["cores"] >= 1 and env["torch"] == torch.__version__
+    assert (env["numpy"], env["transformers"]) == (numpy.__version__, transformers.__version__)
+    assert f"torch {torch.__version__}, numpy {numpy.__version__}" in md
     assert doc[variants[1]]["R1"]["delta_vs_full"] == pytest.approx(-1.0)
     assert (out / "a.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out

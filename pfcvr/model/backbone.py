@@ -21,6 +21,11 @@ Everything works under bf16 autocast.
 tiny CLIP after CLIP-style pretraining, pfcvr.pipeline.pretrain); any other value is a
 transformers id or local folder loaded with ``from_pretrained``; its vision position grid is bilinearly resized to ``model.image_size`` and
 its text token embeddings grow to the tokenizer's vocabulary (the added ``<|mask|>``).
+
+The vision tower of ``tiny`` and ``pretrained`` has either CLIP's patchify (one P x P convolution,
+``model.tiny.stem: patch``) or a convolutional stem (``conv``, :class:`ConvStem`) producing the
+same token grid; the choice is stored in the vision config as ``pfcvr_stem`` so a saved model
+rebuilds it offline. A real CLIP checkpoint keeps its patchify.
 """
 from __future__ import annotations
 
@@ -93,7 +98,7 @@ class CLIPBackbone(nn.Module):
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"images of size {tuple(images.shape[-2:])} given to a backbone built "
                              f"for {self.image_size}x{self.image_size} (model.image_size)")
-        x = emb.patch_embedding(images.to(emb.patch_embedding.weight.dtype))
+        x = emb.patch_embedding(images.to(next(emb.patch_embedding.parameters()).dtype))
         x = x.flatten(2).transpose(1, 2)
         return x + emb.position_embedding.weight[1:]
 
@@ -137,6 +142,63 @@ def eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
     return (ids == eot_id).int().argmax(dim=1)
 
 
+# ---------------------------------------------------------------------------------- stem
+STEM_KEY = "pfcvr_stem"          # vision-config attribute naming the stem (absent: patchify)
+STEM_CHANNELS = (16, 32)         # widths of the first two stem convolutions
+
+
+class ConvStem(nn.Sequential):
+    """Early convolutions in place of the patchify (the hybrid ViT of Dosovitskiy et al. 2021;
+    Xiao et al. 2021, "Early convolutions help transformers see better").
+
+    Three convolutions whose kernel equals their stride: 3 -> 16 channels (2x2, stride 2), ReLU,
+    16 -> 32 (2x2, stride 2), ReLU, 32 -> ``width`` (P/4 x P/4, stride P/4). Kernel = stride keeps
+    each token's receptive field inside its own P x P patch, as the patchify does, so masked image
+    recovery cannot read a masked patch's border through a visible neighbour. No normalisation
+    (measured: BatchNorm did not help at this size and couples the samples of a batch).
+
+    images [B, 3, H, W] -> [B, width, H/P, W/P] (the patchify's output shape). Raises ValueError
+    when P is not a multiple of 4.
+    """
+
+    def __init__(self, width: int, patch_size: int):
+        if patch_size % 4:
+            raise ValueError(f"model.tiny.stem=conv needs model.patch_size divisible by 4 (two "
+                             f"2x2 stride-2 convolutions before the last); got {patch_size}")
+        c1, c2 = STEM_CHANNELS
+        k = patch_size // 4
+        super().__init__(nn.Conv2d(3, c1, 2, stride=2), nn.ReLU(),
+                         nn.Conv2d(c1, c2, 2, stride=2), nn.ReLU(),
+                         nn.Conv2d(c2, width, k, stride=k))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The last convolution's weight: transformers' ``CLIPVisionEmbeddings.forward`` reads
+        ``patch_embedding.weight.dtype``, so its own forward runs unchanged with the stem."""
+        return self[-1].weight
+
+
+def install_stem(model: nn.Module) -> nn.Module:
+    """Replace the patchify of a transformers ``CLIPModel`` or ``CLIPVisionModel`` (in place) by
+    :class:`ConvStem` when its vision config says ``pfcvr_stem: conv``; returns ``model``. New
+    weights are drawn from torch's global RNG (after the rest of the model's)."""
+    cfg = model.config
+    vcfg = getattr(cfg, "vision_config", cfg)
+    stem = getattr(vcfg, STEM_KEY, "patch")
+    if stem == "conv":
+        # CLIPModel holds the tower as .vision_model; CLIPVisionModel is the tower itself
+        tower = getattr(model, "vision_model", model)
+        tower.embeddings.patch_embedding = ConvStem(vcfg.hidden_size, vcfg.patch_size)
+    elif stem != "patch":
+        raise ValueError(f"vision config {STEM_KEY}={stem!r}: expected 'conv' or 'patch'")
+    return model
+
+
+def has_conv_stem(config) -> bool:
+    """True when a ``CLIPConfig`` asks for :class:`ConvStem` (a pfcvr tiny/pretrained backbone)."""
+    return getattr(config.vision_config, STEM_KEY, "patch") == "conv"
+
+
 # ---------------------------------------------------------------------------------- building
 def tiny_vision_config(model_cfg) -> dict:
     """The vision tower of ``model.tiny.*`` at ``model.image_size/patch_size/embed_dim``, as
@@ -153,10 +215,13 @@ def tiny_vision_config(model_cfg) -> dict:
         if width % heads:
             raise ValueError(f"model.tiny.{name}_width={width} is not divisible by "
                              f"model.tiny.{name}_heads={heads}")
+    if t.stem == "conv" and patch % 4:
+        raise ValueError(f"model.tiny.stem=conv needs model.patch_size divisible by 4; got {patch}"
+                         f" (set model.tiny.stem: patch, or a patch size such as 8, 12 or 16)")
     return dict(hidden_size=t.vision_width, intermediate_size=4 * t.vision_width,
                 num_hidden_layers=t.vision_layers, num_attention_heads=t.vision_heads,
                 image_size=image_size, patch_size=patch, hidden_act="quick_gelu",
-                projection_dim=model_cfg.embed_dim)
+                projection_dim=model_cfg.embed_dim, **{STEM_KEY: t.stem})
 
 
 def tiny_clip_config(model_cfg, tokenizer):
@@ -264,11 +329,12 @@ def build_clip(model_cfg, tokenizer) -> nn.Module:
 
     name = backbone_source(model_cfg.backbone)
     if name == "tiny":
-        return CLIPModel(tiny_clip_config(model_cfg, tokenizer))
+        return install_stem(CLIPModel(tiny_clip_config(model_cfg, tokenizer)))
     local = checkpoint_location(name)
     hf_logging.disable_progress_bar()
     try:
-        clip = CLIPModel.from_pretrained(name, local_files_only=local)
+        clip = (_load_conv_stem_clip(Path(name)) if local and _folder_has_conv_stem(Path(name))
+                else CLIPModel.from_pretrained(name, local_files_only=local))
     except OSError as err:
         raise OSError(f"model.backbone={name!r}: cannot load a CLIP checkpoint "
                       f"({'local folder' if local else 'hub id; needs network or a cached copy'})"
@@ -280,7 +346,31 @@ def build_clip(model_cfg, tokenizer) -> nn.Module:
 
 
 def clip_from_config(config: dict) -> nn.Module:
-    """Rebuild a (randomly initialised) ``CLIPModel`` from a saved ``CLIPConfig`` dict."""
+    """Rebuild a (randomly initialised) ``CLIPModel``, stem included, from a saved ``CLIPConfig``
+    dict."""
     from transformers import CLIPConfig, CLIPModel
 
-    return CLIPModel(CLIPConfig.from_dict(config))
+    return install_stem(CLIPModel(CLIPConfig.from_dict(config)))
+
+
+def _folder_has_conv_stem(folder: Path) -> bool:
+    """True when a local checkpoint's config.json names the conv stem (the pretrain stage's)."""
+    import json
+
+    return json.loads((folder / "config.json").read_text()).get("vision_config", {}).get(
+        STEM_KEY) == "conv"
+
+
+def _load_conv_stem_clip(folder: Path) -> nn.Module:
+    """A ``save_pretrained`` folder of a conv-stem CLIP: transformers would build a patchify and
+    drop the stem's weights, so rebuild the architecture and load the weights strictly."""
+    import json
+
+    from safetensors.torch import load_file
+
+    clip = clip_from_config(json.loads((folder / "config.json").read_text()))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise OSError(f"{weights}: missing")
+    clip.load_state_dict(load_file(str(weights)), strict=True)
+    return clip

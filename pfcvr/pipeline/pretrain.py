@@ -106,7 +106,7 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
                                          save_checkpoint)
     from pfcvr.engine.loader import set_cpu_threads
     from pfcvr.engine.optim import WarmupCosine
-    from pfcvr.model.backbone import CLIPBackbone, tiny_clip_config
+    from pfcvr.model.backbone import CLIPBackbone, install_stem, tiny_clip_config
     from pfcvr.model.global_encoder import GlobalEncoder
     from pfcvr.model.tokenizer import Tokenizer
 
@@ -126,7 +126,7 @@ def pretrain(params, *, prepared: Path, parts: Path, cache: Path, run=None,
     tokenizer = Tokenizer.train(captions, m.tiny.vocab_size, m.tiny.context_length)
     tokens = tokenizer(captions)
     torch.manual_seed(params.seed)
-    clip = CLIPModel(tiny_clip_config(m, tokenizer))
+    clip = install_stem(CLIPModel(tiny_clip_config(m, tokenizer)))
     model = GlobalEncoder(CLIPBackbone(clip), tokenizer)
     backbone = model.backbone
     opt = torch.optim.AdamW(backbone.parameters(), lr=p.lr, weight_decay=p.weight_decay)

@@ -20,7 +20,8 @@ from pfcvr.paths import ZERO_SHOT
 from pfcvr.report.ablation import (ablation_json, ablation_markdown, collect, compare,
                                    compare_cells, detectable_effects, diagnosis,
                                    paired_comparison)
-from pfcvr.report.provenance import disagreements, read_inputs, setup_lines
+from pfcvr.report.provenance import (disagreements, machine_environment, read_inputs,
+                                     setup_lines)
 from pfcvr.report.verdicts import VERDICT_METRIC
 from pfcvr.runtime.output_set import require_whole
 
@@ -115,6 +116,7 @@ def ablation_report(params, metrics_dir: str | Path, data_stats: str | Path,
                            zero_shot_backbone=inputs.zero_shot_backbone,
                            data_source=inputs.common("data_source") or inputs.data.get("source"))
     document = ablation_json(table, deltas, paired, effects)
+    document["environment"] = machine_environment()
     if zero_shot:
         document["zero_shot"] = {m: zero_shot[m]["mean"] for m in METRIC_NAMES}
     return AblationReport(table, final, deltas, md, document, paired, effects, tuple(problems))

@@ -29,6 +29,7 @@ from typing import Any
 
 from pfcvr.config import REFERENCE_VARIANT as REFERENCE   # "full"
 from pfcvr.metrics import METRIC_NAMES
+from pfcvr.params_schema import RESERVED_VARIANTS
 from pfcvr.report.paired import (ALPHA, HELPS, HURTS, NO_PAIR, SINGLE, UNCLEAR, PairedDifference,
                           compare_by_seed, design_mde, verdict)
 from pfcvr.report.published import published_markdown
@@ -264,7 +265,9 @@ def compare_cells(table: dict) -> dict:
                      for v, cells in table.items()}}
 
 
-RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde", "zero_shot")   # top-level JSON keys next to the variants
+# top-level JSON keys next to the variants (config validation refuses them as variant names)
+RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde", "zero_shot", "environment")
+assert set(RESERVED) <= set(RESERVED_VARIANTS), "params_schema.RESERVED_VARIANTS must list them"
 
 
 def ablation_json(table: dict, deltas: dict, paired: dict | None = None,

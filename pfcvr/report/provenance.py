@@ -114,6 +114,32 @@ def _epochs(epochs: list | None) -> str:
     return f"{known[0]}–{known[-1]} epochs" if known else "? epochs"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_environment() -> dict[str, Any]:
+    """What makes floating-point results differ between machines: CPU model, core count, OS,
+    Python, torch, numpy and transformers versions (reports/ablation.json ``environment``)."""
+    import os
+
+    import numpy
+    import torch
+    import transformers
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__,
+            "transformers": transformers.__version__}
+
+
 def setup_lines(inputs: Inputs) -> list[str]:
     """The report's setup section, every fact from ``inputs`` (see the module docstring)."""
     data = inputs.common("data_source") or inputs.data.get("source") or "unknown"
@@ -148,9 +174,13 @@ def setup_lines(inputs: Inputs) -> list[str]:
     else:
         training += "; seeds per variant: " + "; ".join(f"`{v}` {_seeds(s)}"
                                                          for v, s in seeds.items())
+    env = machine_environment()
     lines = [f"- data: `{data}`; {model}", f"- training: {training}",
-             f"- report written on: {platform.machine()}, {platform.system()}, "
-             f"Python {platform.python_version()}"]
+             f"- report written on: {env['cpu']} ({env['cores']} cores, {env['machine']}, "
+             f"{env['system']}), Python {env['python']}, torch {env['torch']}, numpy "
+             f"{env['numpy']}, transformers {env['transformers']}; floating-point results differ "
+             f"between CPU models and library versions, so compare verdicts across machines and "
+             f"digits on one (docs/results.md)"]
     splits = inputs.data.get("splits", {})
     if splits:
         desc = "; ".join(f"{s}: " + ", ".join(f"{v} {k}" for k, v in c.items()

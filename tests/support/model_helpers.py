@@ -24,7 +24,8 @@ CAPTIONS = [
 SMALL = {
     "backbone": "tiny", "image_size": 32, "patch_size": 8, "embed_dim": 32,
     "tiny": {"vision_width": 32, "vision_layers": 2, "vision_heads": 2, "text_width": 32,
-             "text_layers": 2, "text_heads": 2, "context_length": 16, "vocab_size": 600},
+             "text_layers": 2, "text_heads": 2, "context_length": 16, "vocab_size": 600,
+             "stem": "conv"},
     "part_decoder": {"layers": 1, "heads": 2, "ffn_dim": 64, "dropout": 0.0},
     "mlm_decoder": {"layers": 1, "heads": 2},
     "mim_decoder": {"layers": 1, "heads": 2, "head_dim": 16, "ffn_dim": 64},
