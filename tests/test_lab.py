@@ -41,6 +41,7 @@ import yaml
 from pfcvr.config import read_raw, set_dotted
 from pfcvr.runtime.postgres import LabError, pg_binaries
 from pfcvr.tracking.lab import free_port
+from tests.support.pipeline_config import PIPELINE_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,19 +49,9 @@ pytestmark = pytest.mark.slow
 
 # One variant, one seed, one epoch: every stage runs, in about a minute per clone on 2 cores.
 LAB_TINY = {
-    "data.synthetic.n_ids": 30, "data.synthetic.images_per_id": 4,
-    "data.synthetic.family_size": 3,
-    "model.tiny.vision_width": 64, "model.tiny.vision_layers": 2, "model.tiny.vision_heads": 2,
-    "model.tiny.text_width": 64, "model.tiny.text_layers": 2, "model.tiny.text_heads": 2,
-    "model.tiny.vocab_size": 600, "model.embed_dim": 64,
-    "model.part_decoder": {"layers": 1, "heads": 2, "ffn_dim": 64, "dropout": 0.1},
-    "model.mlm_decoder": {"layers": 1, "heads": 2},
-    "model.mim_decoder": {"layers": 1, "heads": 2, "head_dim": 16, "ffn_dim": 64},
-    "pretrain.n_ids": 120, "pretrain.steps": 20, "pretrain.warmup_steps": 2,
-    "pretrain.batch_size": 32, "pretrain.eval_every": 10,
-    "train.epochs": 1, "train.batch_size": 16, "train.seed_workers": 1,
-    "report.seeds": [0], "report.variants": ["full"],
-    "tune.n_trials": 3, "tune.epochs": 1, "tune.heartbeat_interval": 2, "tune.grace_period": 10,
+    **PIPELINE_TINY,
+    "train.epochs": 1, "train.seed_workers": 1, "report.seeds": [0], "report.variants": ["full"],
+    "tune.n_trials": 3, "tune.heartbeat_interval": 2, "tune.grace_period": 10,
 }
 AS_ROOT = os.geteuid() == 0
 HOST_B = "machine-b"

@@ -29,28 +29,14 @@ from pfcvr.config import read_raw, set_dotted
 from pfcvr.data.categories import PART_CATEGORIES
 from tests.support.compare import compare_command
 from tests.support.offline_browser import require_chromium
+from tests.support.pipeline_config import PIPELINE_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 # A tiny but complete configuration: every stage and branch runs, in about a minute per repro.
-TINY = {
-    "data.synthetic.n_ids": 30,
-    "data.synthetic.images_per_id": 4,
-    "data.synthetic.family_size": 3,
-    "model.tiny.vision_width": 64, "model.tiny.vision_layers": 2, "model.tiny.vision_heads": 2,
-    "model.tiny.text_width": 64, "model.tiny.text_layers": 2, "model.tiny.text_heads": 2,
-    "model.tiny.vocab_size": 600, "model.embed_dim": 64,
-    "model.part_decoder": {"layers": 1, "heads": 2, "ffn_dim": 64, "dropout": 0.1},
-    "model.mlm_decoder": {"layers": 1, "heads": 2},
-    "model.mim_decoder": {"layers": 1, "heads": 2, "head_dim": 16, "ffn_dim": 64},
-    "pretrain.n_ids": 120, "pretrain.steps": 20, "pretrain.warmup_steps": 2,
-    "pretrain.batch_size": 32, "pretrain.eval_every": 10,
-    "train.epochs": 2, "train.batch_size": 16,
-    "report.seeds": [0, 1],
-    "tune.n_trials": 2, "tune.epochs": 1,
-}
+TINY = {**PIPELINE_TINY, "train.epochs": 2, "report.seeds": [0, 1], "tune.n_trials": 2}
 # Three variants: the reference, one without a loss, one with an official-code switch (not among
 # the default report.variants: picking it is what `-S report.variants=[...]` does).
 VARIANTS = ("full", "no_part", "random_mim")
