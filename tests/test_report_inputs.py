@@ -75,6 +75,8 @@ def test_the_report_states_the_seeds_its_metrics_hold(tmp_path):
         [f"report: warning: {s}" for s in said]
     md = (out / "ablation.md").read_text()
     assert "- training: 3 epochs, batch 32, lr 0.0003, precision fp32; 1 seed per variant (0)" in md
+    from pfcvr.report.provenance import _epochs
+    assert (_epochs([1, 1]), _epochs([2]), _epochs([1, 3])) == ("1 epoch", "2 epochs", "1–3 epochs")
     assert "3 seeds per variant" not in md
     assert "## Warning: the inputs differ from params.yaml\n" in md
     assert md.index("## Warning") < md.index("## Setup")

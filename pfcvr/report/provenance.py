@@ -110,7 +110,7 @@ def _epochs(epochs: list | None) -> str:
         return "? epochs"
     known = sorted({e for e in epochs if e is not None})
     if len(known) == 1:
-        return f"{known[0]} epochs"
+        return f"{known[0]} epoch{'s' * (known[0] != 1)}"
     return f"{known[0]}–{known[-1]} epochs" if known else "? epochs"
 
 
