@@ -8,8 +8,8 @@ tables and ratios:
    type + colour (the report's oracle), colours only (body colour, every part colour and the
    window tint, no type), type + colours, all. Each as a ratio to the type + colour oracle: a model
    at 2x that oracle must have learned part attributes, and this says which ones suffice.
-2. **Supervised probe** (capacity): the vision tower of ``model.tiny`` (same width, depth, patch and
-   image size as params.yaml, random initialisation) trained with one linear head per attribute
+2. **Supervised probe** (capacity): the vision tower of ``model.tiny`` (same width, depth, stem,
+   patch and image size as params.yaml, random initialisation) trained with one linear head per attribute
    (cross-entropy, a part's attributes only where the part is visible) on the train images for
    ``--steps`` steps, then its val accuracy per attribute next to the majority-class rate. This is
    the most the architecture learns from the train split when it is told every attribute.

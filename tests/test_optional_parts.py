@@ -95,6 +95,7 @@ def test_a_stage_goes_on_without_an_unusable_tracking_store(tmp_path):
     set_dotted(raw, "report.variants", ["full", "no_part"])
     set_dotted(raw, "report.seeds", [0])
     set_dotted(raw, "tracking.required", False)
+    set_dotted(raw, "train.epochs", 3)          # what the fake metrics (_metrics) record
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _metrics(tmp_path / "metrics", "full", {0: 12.0})
     _metrics(tmp_path / "metrics", "no_part", {0: 11.0})
