@@ -144,8 +144,9 @@ def test_plots_show_draws_each_chart_offline(plots_repo):
         page = _page(plots_repo, f"show_{Path(rel).stem}", "show", rel)
         png = screenshot(page.as_uri(), plots_repo / f"{Path(rel).stem}.png")
         counts[rel] = colour_pixels(png, WORKSPACE_COLOUR, CHART_AREA)
-    # Measured: about 180 (nine hollow points) and 790 (the CMC line); a blank page has 0.
-    assert counts[HISTORY] >= 60, counts
+    # Measured: 45 (the committed default trains 1 epoch: four seeds' points at epoch 1, partly
+    # overlapping; 180 with nine points of 3 epochs) and 825 (the CMC line); a blank page has 0.
+    assert counts[HISTORY] >= 20, counts
     assert counts[CMC] >= 300, counts
 
     # Control: DVC's default page (vega from a CDN) draws nothing here, so the check can fail.
@@ -161,8 +162,9 @@ def test_plots_diff_draws_both_revisions_offline(plots_repo):
     require_chromium()
     page = _page(plots_repo, "diff", "diff", "--targets", HISTORY, CMC, "--", "HEAD")
     png = screenshot(page.as_uri(), plots_repo / "diff.png")
-    # History chart above (measured ~160 / ~145 px), CMC chart below (~640 / ~750 px).
-    for (y0, y1), least in (((0, 370), 60), ((370, 760), 300)):
+    # History chart above (1 epoch: a few points, at least 20 px each revision; a blank chart has
+    # 0), CMC chart below (measured 238 / 829 px with the committed default's curves; blank: 0).
+    for (y0, y1), least in (((0, 370), 20), ((370, 760), 150)):
         box = (0, y0, 355, y1)
         workspace, head = colour_pixels(png, WORKSPACE_COLOUR, box), colour_pixels(png, HEAD_COLOUR, box)
         assert workspace >= least and head >= least, (box, workspace, head)

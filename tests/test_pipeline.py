@@ -101,7 +101,8 @@ def test_outputs_exist_and_are_sane(pipeline):
             assert (repo / f"models/{variant}/seed{seed}/final/config.json").is_file()
         assert (repo / f"reports/figures/topk_{variant}.png").is_file()
     ablation = json.loads((repo / "reports/ablation.json").read_text())
-    assert set(ablation) == set(VARIANTS) | {"paired", "mde_R1", "mde", "zero_shot"}   # issue 10
+    assert set(ablation) == set(VARIANTS) | {"paired", "mde_R1", "mde", "zero_shot", "environment"}
+    assert ablation["environment"]["cores"] >= 1 and ablation["environment"]["torch"]   # issue 21
     assert 0.0 <= ablation["zero_shot"]["R1"] <= 100.0
     assert "| `zero_shot` | pretrained backbone, no fine-tuning" in \
         (repo / "reports/ablation.md").read_text()
