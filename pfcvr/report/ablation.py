@@ -265,11 +265,6 @@ def compare_cells(table: dict) -> dict:
                      for v, cells in table.items()}}
 
 
-# top-level JSON keys next to the variants (config validation refuses them as variant names)
-RESERVED = ("paired", f"mde_{VERDICT_METRIC}", "mde", "zero_shot", "environment")
-assert set(RESERVED) <= set(RESERVED_VARIANTS), "params_schema.RESERVED_VARIANTS must list them"
-
-
 def ablation_json(table: dict, deltas: dict, paired: dict | None = None,
                   effects: dict | None = None) -> dict[str, Any]:
     """DVC metrics. ``{variant: {metric: {"mean", "std", "runs", "single_seed",
@@ -280,11 +275,13 @@ def ablation_json(table: dict, deltas: dict, paired: dict | None = None,
     "sd", "ci_low", "ci_high"}}}}}``, ``mde_R1`` (points, null with a single seed) and ``mde``
     (how it was computed, and the MDE of every metric under ``by_metric``).
 
-    Raises ValueError when a variant is named like one of the top-level keys (RESERVED).
+    Raises ValueError when a variant has a reserved name (``params_schema.RESERVED_VARIANTS``: the
+    top-level keys above and other stages' outputs; config validation refuses them first).
     """
-    clash = [v for v in table if v in RESERVED]
+    clash = [v for v in table if v in RESERVED_VARIANTS]
     if clash:
-        raise ValueError(f"variant name(s) {clash} clash with the report's keys {RESERVED}")
+        raise ValueError(f"variant name(s) {clash} clash with the report's keys "
+                         f"{RESERVED_VARIANTS}")
     paired = paired_comparison(table) if paired is None else paired
     effects = detectable_effects(paired) if effects is None else effects
     out: dict[str, Any] = {}
